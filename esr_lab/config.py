@@ -1,0 +1,45 @@
+"""Flat, frozen settings shared by every experiment.
+
+Experiment-specific settings live beside their experiment; these are the pieces every command
+has: which models, how prompts are rendered, how to sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from esr_lab import toy
+from esr_lab.prompts import DEFAULT_INSTRUCTION
+
+TOY_MAX_NEW_TOKENS = 400  # toy answers run 100-300 tokens
+REAL_MAX_NEW_TOKENS = 4096  # MATH-500 answers of 1.5B-8B models run to several thousand
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The student and teacher, and how each renders its prompts."""
+
+    student: str = "toy-student"
+    teacher: str = "toy-teacher"
+    device: str = "auto"
+    dtype: str = "auto"
+    instruction: str = DEFAULT_INSTRUCTION
+    enable_thinking: bool = False
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Rollout sampling. The paper samples at temperature 0.7 with top-p 1.0."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = TOY_MAX_NEW_TOKENS
+
+
+def default_dataset(student: str) -> str:
+    """A toy student is evaluated on its own world's problems; a real one on MATH-500."""
+    return student.split("-")[0] if toy.is_toy_model(student) else "math500"
+
+
+def default_max_new_tokens(student: str) -> int:
+    return TOY_MAX_NEW_TOKENS if toy.is_toy_model(student) else REAL_MAX_NEW_TOKENS

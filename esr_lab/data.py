@@ -1,0 +1,316 @@
+"""Prompt sets: the paper's benchmarks by alias, the toy world, or any local file or hub dataset.
+
+Everything becomes a list of `Problem(id, problem, answer)` with the answer as a string that
+`grading.grade_math` accepts as gold. Answers stored as worked solutions are reduced to the final
+answer: GSM8K's text after "####" (commas removed) or the last \\boxed{} of a solution; rows
+where no answer can be found are dropped, as the paper does for NuminaMath.
+
+Every mistake a user can make here (bad path, bad column, unreachable hub id) is a one-line
+UserError that says what would work instead.
+"""
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esr_lab.errors import UserError
+from esr_lab.grading import extract_boxed
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+TOY_WORLDS = ("toy", "micro")
+PROBLEM_COLUMNS = ("problem", "question", "prompt")
+ANSWER_COLUMNS = ("answer", "expected_answer", "final_answer")
+SOLUTION_COLUMNS = ("solution",)
+ID_COLUMNS = ("unique_id", "id", "idx")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt and its gold answer; id is stable across runs so results can be joined."""
+
+    id: str
+    problem: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where an alias lives on the hub and how its answer column becomes a bare answer.
+
+    extract: "auto" (text after "####" or the last \\boxed{} if present, else the value),
+    "####" (GSM8K) or "boxed" (last \\boxed{} of a solution; rows without one are dropped).
+    """
+
+    hub_id: str
+    split: str
+    problem_column: str
+    answer_column: str
+    config: str | None = None
+    extract: str = "auto"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "math500": DatasetSpec("HuggingFaceH4/MATH-500", "test", "problem", "answer"),
+    "aime24": DatasetSpec("HuggingFaceH4/aime_2024", "train", "problem", "answer"),
+    "amc23": DatasetSpec("math-ai/amc23", "test", "question", "answer"),
+    "gsm8k": DatasetSpec("openai/gsm8k", "test", "question", "answer", "main", "####"),
+    "numinamath": DatasetSpec(
+        "AI-MO/NuminaMath-CoT", "train", "problem", "solution", None, "boxed"
+    ),
+}
+
+
+def _after_hashes(text: str) -> str | None:
+    """GSM8K's final answer: the text after the last "####", thousands separators removed."""
+    if "####" not in text:
+        return None
+    return text.rsplit("####", 1)[1].strip().replace(",", "") or None
+
+
+def _clean_answer(value: Any, extract: str) -> str | None:
+    """A bare answer string from a cell, or None when the row has no usable answer."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # amc23 stores 27 as 27.0; graders and prompts want "27"
+    text = str(value).strip()
+    if extract == "####":
+        return _after_hashes(text)
+    if extract == "boxed":
+        return extract_boxed(text)
+    if "####" in text:
+        return _after_hashes(text)
+    if "\\boxed" in text or "\\fbox" in text:
+        return extract_boxed(text)
+    return text or None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """json per line; plain json keeps answers like "0.50" as strings, unlike pandas' inference."""
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _read_json(path: Path) -> list[dict]:
+    """A list of records, or a dict of equal-length columns."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        return [dict(zip(data, row, strict=True)) for row in zip(*data.values(), strict=True)]
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return data
+    raise UserError(f"{path} is not a list of records or a dict of columns; use .jsonl instead")
+
+
+def _read_table_file(path: Path) -> list[dict]:
+    """Rows of a local .jsonl/.json/.parquet/.csv file."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".parquet":
+        return pd.read_parquet(path).to_dict("records")
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
+    raise UserError(
+        f"cannot read {str(path)!r}; use one of {', '.join(LOCAL_SUFFIXES)} files "
+        "or a folder saved with save_to_disk"
+    )
+
+
+def _pick_split(splits: Any, split: str | None, name: str) -> Any:
+    """One split of a DatasetDict: the one asked for, the only one, or "test"."""
+    names = list(splits.keys())
+    if split is not None:
+        if split not in splits:
+            raise UserError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(names)}")
+        return splits[split]
+    if len(names) == 1:
+        return splits[names[0]]
+    if "test" in splits:
+        return splits["test"]
+    raise UserError(f"dataset {name!r} has splits {', '.join(names)}; pass --split")
+
+
+def _load_folder(path: Path, split: str | None) -> Any:
+    """A Dataset or DatasetDict written by save_to_disk."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(
+            f"cannot read folder {str(path)!r} ({_reason(e)}); "
+            "pass a folder saved with save_to_disk or a .jsonl/.parquet file"
+        ) from e
+    if isinstance(loaded, datasets.DatasetDict):
+        return _pick_split(loaded, split, str(path))
+    return loaded
+
+
+def _reason(e: Exception) -> str:
+    """The first line of an exception, short enough for a one-line error."""
+    lines = str(e).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(e).__name__}: {first[:150]}" if first else type(e).__name__
+
+
+def _load_hub(hub_id: str, config: str | None, split: str | None) -> Any:
+    """A hub dataset through datasets.load_dataset; any failure becomes a UserError."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(hub_id, config, split=split)
+    except Exception as e:
+        raise UserError(
+            f"cannot load dataset {hub_id!r} from the hub ({_reason(e)}); pass a local "
+            ".jsonl/.parquet file or a folder saved with save_to_disk"
+        ) from e
+    if isinstance(loaded, datasets.DatasetDict):
+        return _pick_split(loaded, split, hub_id)
+    return loaded
+
+
+def _is_local(name: str) -> bool:
+    """A string meant as a path: it exists, has a table suffix, or starts like a path."""
+    return (
+        Path(name).expanduser().exists()
+        or name.lower().endswith(LOCAL_SUFFIXES)
+        or (name.startswith((".", "/", "~")))
+    )
+
+
+def _load_rows(name: str, spec: DatasetSpec | None, split: str | None) -> Any:
+    """Rows (a list of dicts or a datasets.Dataset) of an alias, a local path or a hub id."""
+    if spec is not None:
+        return _load_hub(spec.hub_id, spec.config, split or spec.split)
+    if not _is_local(name):
+        return _load_hub(name, None, split)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"no such file or folder {name!r}; pass an existing .jsonl/.json/.parquet/"
+            ".csv file, a save_to_disk folder, or a hub dataset id"
+        )
+    return _load_folder(path, split) if path.is_dir() else _read_table_file(path)
+
+
+def _columns(rows: Any) -> list[str]:
+    """Column names of a datasets.Dataset or of a list of dicts (union, in first-seen order)."""
+    if hasattr(rows, "column_names"):
+        return list(rows.column_names)
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def _missing_column(name: str, column: str, columns: list[str]) -> UserError:
+    """The one-line error for a column the dataset doesn't have."""
+    return UserError(
+        f"dataset {name!r} has no column {column!r}; columns: {', '.join(columns)} "
+        "(pass --problem-column/--answer-column)"
+    )
+
+
+def _pick_column(
+    name: str, columns: list[str], explicit: str | None, candidates: Iterable[str], what: str
+) -> str:
+    """The explicit column if given and present, else the first candidate present."""
+    if explicit is not None:
+        if explicit not in columns:
+            raise _missing_column(name, explicit, columns)
+        return explicit
+    for column in candidates:
+        if column in columns:
+            return column
+    raise UserError(
+        f"dataset {name!r} has no {what} column (looked for "
+        f"{', '.join(candidates)}); columns: {', '.join(columns)} "
+        "(pass --problem-column/--answer-column)"
+    )
+
+
+def _answer_source(
+    name: str, columns: list[str], spec: DatasetSpec | None, answer_column: str | None
+) -> tuple[str, str]:
+    """(column, extract mode) for the answer: explicit, then alias spec, then auto-detection."""
+    if answer_column is not None:
+        return _pick_column(name, columns, answer_column, (), "answer"), "auto"
+    if spec is not None:
+        return _pick_column(name, columns, spec.answer_column, (), "answer"), spec.extract
+    if any(c in columns for c in ANSWER_COLUMNS):
+        return _pick_column(name, columns, None, ANSWER_COLUMNS, "answer"), "auto"
+    cands = ANSWER_COLUMNS + SOLUTION_COLUMNS
+    return _pick_column(name, columns, None, cands, "answer"), "boxed"
+
+
+def _problems(
+    rows: Iterable[dict], problem_col: str, answer_col: str, extract: str, id_col: str | None
+) -> Iterator[Problem]:
+    """Problems from rows, skipping those with no problem text or no recoverable answer."""
+    for i, row in enumerate(rows):
+        problem, answer = row.get(problem_col), _clean_answer(row.get(answer_col), extract)
+        if problem is None or not str(problem).strip() or answer is None:
+            continue
+        pid = row.get(id_col) if id_col is not None else None
+        yield Problem(id=str(i if pid is None else pid), problem=str(problem), answer=answer)
+
+
+def _toy(world: str, split: str | None, limit: int | None) -> list[Problem]:
+    """The toy world's own problems; imported lazily so data.py never needs torch."""
+    from esr_lab.toy import toy_problems
+
+    rows = toy_problems(world, split=split or "test", n=limit)
+    return [
+        Problem(id=str(r["id"]), problem=str(r["problem"]), answer=str(r["answer"])) for r in rows
+    ]
+
+
+def _take(problems: Iterable[Problem], limit: int | None) -> list[Problem]:
+    """The first `limit` problems (all when None), stopping early on big datasets."""
+    out: list[Problem] = []
+    for p in problems:
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(p)
+    return out
+
+
+def load_problems(
+    name: str,
+    limit: int | None = None,
+    split: str | None = None,
+    problem_column: str | None = None,
+    answer_column: str | None = None,
+) -> list[Problem]:
+    """Problems from an alias (DATASETS, "toy", "micro"), a local file/folder or a hub id.
+
+    Columns: explicit arguments win, then the alias spec, then auto-detection (problem:
+    problem/question/prompt; answer: answer/expected_answer/final_answer, else the last
+    \\boxed{} of solution). ids come from unique_id/id/idx, else the row index. `limit` keeps
+    the first `limit` problems, so subsets are deterministic.
+    """
+    if limit is not None and limit < 1:
+        raise UserError(f"limit={limit} is not valid; use a positive number of problems or none")
+    if name in TOY_WORLDS:
+        problems = _take(_toy(name, split, limit), limit)
+    else:
+        spec = DATASETS.get(name)
+        rows = _load_rows(name, spec, split)
+        if len(rows) == 0:
+            raise UserError(f"dataset {name!r} is empty; pass a file or split with rows in it")
+        columns = _columns(rows)
+        default_problem = (spec.problem_column,) if spec is not None else PROBLEM_COLUMNS
+        problem_col = _pick_column(name, columns, problem_column, default_problem, "problem")
+        answer_col, extract = _answer_source(name, columns, spec, answer_column)
+        id_col = next((c for c in ID_COLUMNS if c in columns), None)
+        problems = _take(_problems(rows, problem_col, answer_col, extract, id_col), limit)
+    if not problems:
+        raise UserError(
+            f"dataset {name!r} has no problems with both a problem and an answer; "
+            "check the file or pass --problem-column/--answer-column"
+        )
+    return problems

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix.
+
+The CLI prints a UserError as a single line and exits with code 2; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input: the message names the bad value and what would be accepted."""

@@ -1,0 +1,1 @@
+"""One module per paper finding: a Config, and `run` writing its results through records."""

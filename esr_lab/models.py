@@ -1,0 +1,115 @@
+"""Load a student or teacher: a hub id, a local `save_pretrained` folder, or a toy name.
+
+Every failure a user can cause (a typo in a name, a folder without weights, a hub id while
+offline) becomes one `UserError` line; the loading itself is plain transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from esr_lab import toy
+from esr_lab.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for rollouts and scoring, with the tokenizer that goes with it."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Every id that ends a response: the generation config's EOS list and the tokenizer's."""
+        ids = self.model.generation_config.eos_token_id
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return sorted(set(ids))
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` takes the GPU when there is one."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' asked for but no CUDA GPU is visible; use cpu")
+    return chosen
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on a GPU (as the paper trains) and float32 on a CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_model_source(name: str) -> str:
+    """A path or hub id for `from_pretrained`, after checking what can be checked offline."""
+    if toy.is_toy_model(name):
+        return str(toy.toy_model_path(name))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder '{name}' has no config.json (save it with save_pretrained)")
+        if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+            raise UserError(f"model folder '{name}' has no weights (*.safetensors or *.bin)")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(
+            f"no model folder '{name}'; give a hub id (org/name), a folder saved with "
+            f"save_pretrained, or a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
+        )
+    return name
+
+
+def _hub_error(name: str, err: Exception) -> UserError:
+    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"cannot load model '{name}' ({reason}); check the hub id and your network, or pass a "
+        f"local folder or a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
+    )
+
+
+def load_tokenizer(name: str) -> Any:
+    """The model's tokenizer, padding on the left so batched prompts end where answers start."""
+    source = resolve_model_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise _hub_error(name, err) from err
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Model and tokenizer in eval mode on the chosen device."""
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    tokenizer = load_tokenizer(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_source(name), dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        raise _hub_error(name, err) from err
+    model.to(torch_device).eval()
+    return LoadedModel(name, model, tokenizer, torch_device, torch_dtype)

@@ -1,0 +1,157 @@
+"""Sample responses from a model: the rollout half of on-policy distillation.
+
+One engine now (plain transformers with a KV cache); the `RolloutEngine` protocol is the seam
+where a vLLM engine plugs in. The sampling loop is written out rather than delegated to
+`model.generate` because each row needs its own random stream: a row's tokens must depend on
+(seed, step, prompt, sample) only, not on which other rows share its batch, so that reruns and
+resumed runs reproduce exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+
+from esr_lab.config import Sampling
+from esr_lab.models import LoadedModel
+
+
+def row_seed(*keys: object) -> int:
+    """A 63-bit seed from any tuple of keys, stable across processes and Python versions."""
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class Rollouts:
+    """Sampled responses, one entry per row; completions include their stop token if any."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    logprobs: list[list[float]]
+    finished: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+class RolloutEngine(Protocol):
+    """Anything that turns token prompts into seeded samples."""
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> Rollouts: ...
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded on the left so every row ends at the last column."""
+    width = max(len(row) for row in rows)
+    ids_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids_BL[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask_BL[i, width - len(row) :] = 1
+    return ids_BL, mask_BL
+
+
+def sampling_logprobs(logits_BV: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probs of the distribution actually sampled from (temperature, then nucleus)."""
+    logp_BV = torch.log_softmax(logits_BV.float() / max(temperature, 1e-6), dim=-1)
+    if top_p >= 1.0:
+        return logp_BV
+    sorted_BV, order_BV = logp_BV.sort(dim=-1, descending=True)
+    mass_before_BV = sorted_BV.exp().cumsum(dim=-1) - sorted_BV.exp()
+    # Drop a token once the tokens ranked above it already hold top_p of the mass.
+    drop_BV = torch.zeros_like(mass_before_BV, dtype=torch.bool)
+    drop_BV.scatter_(-1, order_BV, mass_before_BV >= top_p)
+    return torch.log_softmax(logp_BV.masked_fill(drop_BV, float("-inf")), dim=-1)
+
+
+def sample_next(
+    logits_BV: torch.Tensor, sampling: Sampling, generators: Sequence[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from that row's own generator, with its sampling log-prob."""
+    if sampling.temperature == 0:
+        logp_BV = torch.log_softmax(logits_BV.float(), dim=-1)
+        tokens_B = logp_BV.argmax(dim=-1)
+    else:
+        logp_BV = sampling_logprobs(logits_BV, sampling.temperature, sampling.top_p)
+        probs_BV = logp_BV.exp()
+        tokens_B = torch.cat(
+            [torch.multinomial(probs_BV[i], 1, generator=g) for i, g in enumerate(generators)]
+        )
+    return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
+
+
+class TransformersEngine:
+    """Batched sampling with a transformers causal LM and its KV cache."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 64) -> None:
+        self.loaded = loaded
+        self.batch_size = batch_size
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> Rollouts:
+        out = Rollouts([], [], [], [])
+        for start in range(0, len(prompts), self.batch_size):
+            part = self._generate_batch(
+                prompts[start : start + self.batch_size],
+                seeds[start : start + self.batch_size],
+                sampling,
+            )
+            out.prompt_ids += part.prompt_ids
+            out.completion_ids += part.completion_ids
+            out.logprobs += part.logprobs
+            out.finished += part.finished
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> Rollouts:
+        model, device = self.loaded.model, self.loaded.device
+        pad_id = self.loaded.tokenizer.pad_token_id
+        stop_ids = torch.tensor(self.loaded.stop_ids, device=device)
+        ids_BL, mask_BL = (t.to(device) for t in left_pad(prompts, pad_id))
+        positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        cache = DynamicCache(config=model.config)
+        batch = len(prompts)
+        tokens_BT = torch.full((batch, sampling.max_new_tokens), pad_id, device=device)
+        logp_BT = torch.zeros((batch, sampling.max_new_tokens), device=device)
+        done_B = torch.zeros(batch, dtype=torch.bool, device=device)
+        lengths_B = torch.zeros(batch, dtype=torch.long, device=device)
+        step_ids_BL = ids_BL
+        for t in range(sampling.max_new_tokens):
+            logits = model(
+                input_ids=step_ids_BL,
+                attention_mask=mask_BL,
+                position_ids=positions_BL,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            next_B, next_logp_B = sample_next(logits, sampling, generators)
+            tokens_BT[:, t] = torch.where(done_B, pad_id, next_B)
+            logp_BT[:, t] = torch.where(done_B, 0.0, next_logp_B)
+            lengths_B += (~done_B).long()
+            done_B |= torch.isin(next_B, stop_ids)
+            if bool(done_B.all()):
+                break
+            step_ids_BL = next_B[:, None]
+            mask_BL = torch.cat([mask_BL, mask_BL.new_ones((batch, 1))], dim=-1)
+            positions_BL = positions_BL[:, -1:] + 1
+        lengths = lengths_B.tolist()
+        return Rollouts(
+            prompt_ids=[list(p) for p in prompts],
+            completion_ids=[tokens_BT[i, : lengths[i]].tolist() for i in range(batch)],
+            logprobs=[logp_BT[i, : lengths[i]].tolist() for i in range(batch)],
+            finished=done_B.tolist(),
+        )

@@ -1,0 +1,142 @@
+"""Which response positions carry the distillation loss.
+
+Every selector returns a bool mask_BT that is a subset of `response_mask_BT` (True on real
+response tokens: not prompt, not padding, not after EOS). ESR (arXiv 2605.27028) is `first_n`:
+the first N response tokens; the paper's token-selection study (finding 6) compares it at the
+same budget with the top positions by reverse KL, by student/teacher entropy, by products of
+these, and at random. The scores are per-position statistics computed on full-length rollouts
+(see `divergences.chunked_position_stats`) and are expected to be finite.
+"""
+
+import torch
+from torch import Tensor
+
+from esr_lab.errors import UserError
+
+SELECTORS = (
+    "first_n",
+    "all",
+    "top_rkl",
+    "top_student_entropy",
+    "top_teacher_entropy",
+    "rkl_x_hs",
+    "ht_x_hs",
+    "rkl_x_ht_x_hs",
+    "random",
+)
+
+# Score of each top-k selector = product of these statistics (names of select_positions args).
+_SCORE_FACTORS = {
+    "top_rkl": ("rkl_BT",),
+    "top_student_entropy": ("student_entropy_BT",),
+    "top_teacher_entropy": ("teacher_entropy_BT",),
+    "rkl_x_hs": ("rkl_BT", "student_entropy_BT"),
+    "ht_x_hs": ("teacher_entropy_BT", "student_entropy_BT"),
+    "rkl_x_ht_x_hs": ("rkl_BT", "teacher_entropy_BT", "student_entropy_BT"),
+}
+
+
+def _check_count(name: str, value: int) -> None:
+    """Budgets are counts of tokens: at least one, or the selection is silently empty."""
+    if value < 1:
+        raise UserError(f"{name}={value} is not accepted; use an integer >= 1")
+
+
+def first_n(response_mask_BT: Tensor, n: int) -> Tensor:
+    """ESR: the first n response tokens of each row (all of them if the row is shorter).
+
+    Counts real response tokens only, so left padding, prompts and early EOS shift nothing:
+    a row gets min(n, its response length) positions, exactly what an ESR rollout with
+    max_new_tokens = n would train on.
+    """
+    # Early Stopping Rollout, first-N positions: ESR paper (arXiv 2605.27028).
+    _check_count("n", n)
+    mask_BT = response_mask_BT.bool()
+    return mask_BT & (mask_BT.long().cumsum(-1) <= n)
+
+
+def all_positions(response_mask_BT: Tensor) -> Tensor:
+    """Full OPD: every response token carries loss."""
+    return response_mask_BT.bool().clone()
+
+
+def top_k_by_score(score_BT: Tensor, response_mask_BT: Tensor, k: int) -> Tensor:
+    """Per row, the k highest-scoring response positions (all of them if the row has fewer).
+
+    Ties go to the earlier position: a stable descending sort keeps index order among equals,
+    so the result is deterministic across runs and devices.
+    """
+    _check_count("k", k)
+    mask_BT = response_mask_BT.bool()
+    masked_BT = torch.where(mask_BT, score_BT, torch.full_like(score_BT, float("-inf")))
+    order_BT = masked_BT.sort(dim=-1, descending=True, stable=True).indices
+    k = min(k, score_BT.shape[-1])
+    chosen_BT = torch.zeros_like(mask_BT).scatter(-1, order_BT[:, :k], True)
+    return chosen_BT & mask_BT
+
+
+def random_k(response_mask_BT: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k uniformly random response positions per row: the control for any scored selector."""
+    noise_BT = torch.rand(response_mask_BT.shape, generator=generator, device=generator.device)
+    return top_k_by_score(noise_BT.to(response_mask_BT.device), response_mask_BT, k)
+
+
+def select_positions(
+    name: str,
+    response_mask_BT: Tensor,
+    *,
+    n: int | None = None,
+    budget: int | None = None,
+    rkl_BT: Tensor | None = None,
+    student_entropy_BT: Tensor | None = None,
+    teacher_entropy_BT: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Mask of loss-carrying positions by selector name; one of SELECTORS.
+
+    "first_n" reads `n` (or `budget` when n is None, so a same-budget comparison can pass one
+    number to every selector); top-k and random selectors read `budget`; products of
+    statistics multiply the named per-position tensors.
+    """
+    if name not in SELECTORS:
+        raise UserError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
+    if name == "all":
+        return all_positions(response_mask_BT)
+    if name == "first_n":
+        count = n if n is not None else budget
+        if count is None:
+            raise ValueError("selector 'first_n' needs n (or budget)")
+        return first_n(response_mask_BT, count)
+    if budget is None:
+        raise ValueError(f"selector {name!r} needs budget")
+    if name == "random":
+        if generator is None:
+            raise ValueError("selector 'random' needs a torch.Generator")
+        return random_k(response_mask_BT, budget, generator)
+    stats = {
+        "rkl_BT": rkl_BT,
+        "student_entropy_BT": student_entropy_BT,
+        "teacher_entropy_BT": teacher_entropy_BT,
+    }
+    missing = [f for f in _SCORE_FACTORS[name] if stats[f] is None]
+    if missing:
+        raise ValueError(f"selector {name!r} needs {', '.join(missing)}")
+    score_BT = torch.stack([stats[f] for f in _SCORE_FACTORS[name]]).prod(0)
+    return top_k_by_score(score_BT, response_mask_BT, budget)
+
+
+def progressive_n(step: int, total_steps: int, n_start: int, n_end: int) -> int:
+    """N for this (0-based) step under a linear schedule from n_start to n_end.
+
+    N = round(n_start + (n_end - n_start) * step / (total_steps - 1)): n_start at the first
+    step, n_end at the last, and held at n_end for any step past it. The paper reports one
+    "progressive" run without its schedule; linear is the simplest reading.
+    """
+    # Progressive ESR budget: ESR paper (arXiv 2605.27028) N sweep, schedule is our choice.
+    _check_count("total_steps", total_steps)
+    _check_count("n_start", n_start)
+    _check_count("n_end", n_end)
+    if step < 0:
+        raise UserError(f"step={step} is not accepted; use an integer >= 0")
+    fraction = min(step / max(total_steps - 1, 1), 1.0)
+    return round(n_start + (n_end - n_start) * fraction)

@@ -1,0 +1,118 @@
+"""The embedded toy world: a synthetic arithmetic task and a small teacher/student pair.
+
+It lets every esr-lab command run on a laptop CPU with no network through the same code path as
+hub models: the models are real `Qwen3ForCausalLM`s with their own tokenizer and chat template.
+World "toy" is the default and ships its weights in the package; world "micro" is a seconds-fast
+build for tests, made on demand in the cache (`$ESR_LAB_CACHE`, else `~/.cache/esr-lab`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+from filelock import FileLock
+
+from esr_lab.errors import UserError
+
+TOY_WORLDS = ("toy", "micro")
+TOY_MODEL_NAMES = ("toy-teacher", "toy-student", "micro-teacher", "micro-student")
+SHIPPED_DIR = pathlib.Path(__file__).parent / "weights"
+_SPLITS = ("test", "train")
+_N_TRAIN_DEFAULT = 3200
+
+
+def is_toy_model(name: str) -> bool:
+    """True for the built-in toy model names."""
+    return name in TOY_MODEL_NAMES
+
+
+def cache_root() -> pathlib.Path:
+    """`$ESR_LAB_CACHE` if set, else `~/.cache/esr-lab`."""
+    env = os.environ.get("ESR_LAB_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "esr-lab"
+
+
+def _check_world(world: str) -> None:
+    if world not in TOY_WORLDS:
+        raise UserError(f"unknown toy world {world!r}; expected one of: {', '.join(TOY_WORLDS)}")
+
+
+def _complete(world_dir: pathlib.Path) -> bool:
+    """A world folder is usable when both models have weights (facts.json is written last)."""
+    return all((world_dir / r / "model.safetensors").is_file() for r in ("teacher", "student"))
+
+
+def build_into(world: str, world_dir: pathlib.Path, seed: int = 0) -> dict:
+    """Build `world` in a temporary sibling folder and rename it into place.
+
+    The rename is what makes a killed build harmless: `world_dir` either holds a whole world or
+    does not exist. An existing world_dir is replaced only once the new one is complete.
+    """
+    from esr_lab.toy.build import build_world
+
+    world_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{world_dir.name}-", dir=world_dir.parent))
+    try:
+        facts = build_world(world, tmp, seed=seed)
+        if world_dir.exists():
+            shutil.rmtree(world_dir)
+        tmp.rename(world_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return facts
+
+
+def _cached_world(world: str) -> pathlib.Path:
+    """The cached world folder, built first (under a file lock) when missing."""
+    from esr_lab.toy.build import VERSION
+
+    world_dir = cache_root() / "toy" / f"{world}-v{VERSION}"
+    if _complete(world_dir):
+        return world_dir
+    world_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(world_dir) + ".lock"):
+        if not _complete(world_dir):  # another process may have built it while we waited
+            build_into(world, world_dir)
+    return world_dir
+
+
+def toy_model_path(name: str) -> pathlib.Path:
+    """Folder for a toy model name, loadable with from_pretrained; shipped weights for 'toy',
+    built on first use (with a progress bar) and cached for 'micro' (and for 'toy' if the shipped
+    weights are missing)."""
+    if not is_toy_model(name):
+        raise UserError(f"unknown toy model {name!r}; expected one of: {', '.join(TOY_MODEL_NAMES)}")
+    world, role = name.split("-")
+    shipped = SHIPPED_DIR / world
+    if world == "toy" and _complete(shipped):
+        return shipped / role
+    return _cached_world(world) / role
+
+
+def toy_problems(world: str, split: str = "test", n: int | None = None) -> list[dict]:
+    """Problems as dicts with keys 'id' (str), 'problem' (str, the text without instruction),
+    'answer' (str, the integer). split 'test' = fixed held-out set (e.g. 200 problems, disjoint
+    from training problems); split 'train' = prompts for distillation training (deterministic,
+    disjoint from test; n may be large, e.g. 3200)."""
+    from esr_lab.toy import task
+    from esr_lab.toy.build import N_TEST
+
+    _check_world(world)
+    if split not in _SPLITS:
+        raise UserError(f"unknown toy split {split!r}; expected one of: {', '.join(_SPLITS)}")
+    test = task.test_problems(0, N_TEST)
+    if split == "test":
+        if n is not None and n > N_TEST:
+            raise UserError(f"toy test split has {N_TEST} problems; asked for n={n}")
+        nums = test[:n] if n is not None else test
+    else:
+        exclude = {task.problem_text(p) for p in test}
+        nums = task.train_problems(0, n or _N_TRAIN_DEFAULT, "distill", exclude)
+    return [
+        {"id": f"{world}-{split}-{i:05d}", "problem": task.problem_text(p),
+         "answer": str(task.answer_of(p))}
+        for i, p in enumerate(nums)
+    ]

@@ -1,0 +1,290 @@
+"""Train the toy teacher/student pair from scratch, measure them, and save them.
+
+The two models are real `Qwen3ForCausalLM`s with their own tokenizer, saved with
+`save_pretrained`, so everything downstream loads them exactly like hub models. The student is
+made weaker three ways at once: fewer layers, fewer steps, and training data that favours the
+error-prone "direct" plan (see task.py). Everything is fixed by the seed: data streams, the
+tokenizer corpus, initial weights, batch order and the sampling used to measure accuracy.
+
+Rebuild the shipped weights with `python -m esr_lab.toy.build toy`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from esr_lab.errors import UserError
+from esr_lab.prompts import DEFAULT_INSTRUCTION, render_prompt
+from esr_lab.toy import task
+from esr_lab.toy.tokenizer import IM_END, train_tokenizer
+
+VERSION = 1
+N_TEST = 200
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Size and training budget of one toy model."""
+
+    hidden: int
+    layers: int
+    heads: int
+    steps: int
+    batch: int
+    lr: float
+    mix: dict
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """A teacher/student pair plus how hard to measure them."""
+
+    teacher: ModelSpec
+    student: ModelSpec
+    vocab_size: int
+    n_eval: int
+    max_new_tokens: int
+
+
+WORLDS: dict[str, WorldSpec] = {
+    "toy": WorldSpec(
+        teacher=ModelSpec(128, 4, 4, 1500, 32, 3e-3, task.TEACHER_MIX),
+        student=ModelSpec(64, 2, 2, 500, 32, 3e-3, task.STUDENT_MIX),
+        vocab_size=400, n_eval=N_TEST, max_new_tokens=400,
+    ),
+    "micro": WorldSpec(
+        teacher=ModelSpec(32, 2, 2, 60, 32, 1e-2, task.TEACHER_MIX),
+        student=ModelSpec(32, 2, 2, 30, 32, 1e-2, task.STUDENT_MIX),
+        vocab_size=400, n_eval=16, max_new_tokens=200,
+    ),
+}
+
+
+def world_spec(world: str) -> WorldSpec:
+    """The spec of a named world; a UserError names the accepted ones."""
+    if world not in WORLDS:
+        raise UserError(f"unknown toy world {world!r}; expected one of: {', '.join(WORLDS)}")
+    return WORLDS[world]
+
+
+def build_tokenizer(seed: int, vocab_size: int) -> PreTrainedTokenizerFast:
+    """BPE learnt on prompts and solutions of every (style, plan), so all modes tokenize alike."""
+    rng = random.Random(f"toy-tokenizer-{seed}")
+    corpus = ["user\n", "assistant\n", DEFAULT_INSTRUCTION]
+    for nums in task.train_problems(seed, 1000, "tokenizer", exclude=set()):
+        style, plan = rng.choice(task.STYLES), rng.choice(task.PLANS)
+        corpus += [task.problem_text(nums), task.solution_text(nums, style, plan)]
+    return train_tokenizer(corpus, vocab_size)
+
+
+def make_model(spec: ModelSpec, tok: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
+    """A small Qwen3 with tied embeddings; eos/pad ids match the tokenizer."""
+    config = Qwen3Config(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=3 * spec.hidden,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads, head_dim=spec.hidden // spec.heads,
+        max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None
+    )
+    return model
+
+
+def encode_example(tok: PreTrainedTokenizerFast, problem: str, solution: str) -> tuple[list, int]:
+    """Token ids of prompt + response, and the prompt length (the response alone carries loss).
+
+    Prompt and response are tokenized separately, exactly as generation sees them.
+    """
+    prompt_ids = tok(render_prompt(tok, problem), add_special_tokens=False).input_ids
+    response_ids = tok(solution + IM_END, add_special_tokens=False).input_ids
+    return prompt_ids + response_ids, len(prompt_ids)
+
+
+def training_examples(
+    tok: PreTrainedTokenizerFast, spec: ModelSpec, seed: int, stream: str, exclude: set[str]
+) -> list[tuple[list, int]]:
+    """One fresh problem per example (no epochs), each solved in a mode drawn from spec.mix."""
+    rng = random.Random(f"toy-modes-{stream}-{seed}")
+    problems = task.train_problems(seed, spec.steps * spec.batch, stream, exclude)
+    examples = []
+    for nums in problems:
+        style, plan = task.pick_mode(rng, spec.mix)
+        examples.append(encode_example(tok, task.problem_text(nums), task.solution_text(nums, style, plan)))
+    return examples
+
+
+def collate(batch: list[tuple[list, int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids_BT and labels_BT with -100 on prompt and padding."""
+    T = max(len(ids) for ids, _ in batch)
+    ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    labels_BT = torch.full((len(batch), T), -100, dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(batch):
+        ids_BT[i, : len(ids)] = torch.tensor(ids)
+        labels_BT[i, n_prompt : len(ids)] = ids_BT[i, n_prompt : len(ids)]
+    return ids_BT, labels_BT
+
+
+def lr_at(step: int, spec: ModelSpec) -> float:
+    """Linear warmup over 5% of steps, then cosine decay to 10% of the peak."""
+    warm = max(1, spec.steps // 20)
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, spec.steps - warm)
+    return spec.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+
+
+def train_model(
+    model: Qwen3ForCausalLM, examples: list, spec: ModelSpec, pad_id: int, label: str,
+    show_progress: bool,
+) -> float:
+    """Plain AdamW on response tokens; returns the mean loss over the last 10% of steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()
+    losses = []
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not show_progress) as progress:
+        bar = progress.add_task(label, total=spec.steps, loss=float("nan"))
+        for step in range(spec.steps):
+            ids_BT, labels_BT = collate(examples[step * spec.batch : (step + 1) * spec.batch], pad_id)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, spec)
+            loss = model(input_ids=ids_BT, attention_mask=ids_BT.ne(pad_id), labels=labels_BT).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            progress.update(bar, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return sum(tail) / len(tail)
+
+
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def boxed_int(text: str) -> int | None:
+    """The integer in the last \\boxed{...}, or None when absent or not an integer."""
+    found = BOXED.findall(text)
+    if not found:
+        return None
+    try:
+        return int(found[-1].strip())
+    except ValueError:
+        return None
+
+
+@torch.no_grad()
+def sample_responses(
+    model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, problems: list[str], k: int,
+    max_new_tokens: int, seed: int, chunk: int = 200,
+) -> list[tuple[str, int]]:
+    """k samples per problem at T=0.7, top_p=1 (problem-major order): (text, token count)."""
+    tok.padding_side = "left"
+    prompts = [render_prompt(tok, p) for p in problems for _ in range(k)]
+    torch.manual_seed(seed)
+    out = []
+    for start in range(0, len(prompts), chunk):
+        enc = tok(prompts[start : start + chunk], add_special_tokens=False, padding=True,
+                  return_tensors="pt")
+        gen_BT = model.generate(**enc, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
+                                max_new_tokens=max_new_tokens)[:, enc.input_ids.shape[1] :]
+        for row in gen_BT.tolist():
+            n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+            out.append((tok.decode(row[:n], skip_special_tokens=True), n))
+    tok.padding_side = "right"
+    return out
+
+
+def measure(
+    model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, problems: list[tuple], k: int,
+    max_new_tokens: int, seed: int,
+) -> dict:
+    """avg@k at T=0.7 by exact integer match of the last boxed answer, plus mode shares."""
+    texts = [task.problem_text(p) for p in problems]
+    samples = sample_responses(model, tok, texts, k, max_new_tokens, seed)
+    answers = [task.answer_of(p) for p in problems for _ in range(k)]
+    correct = [boxed_int(text) == a for (text, _), a in zip(samples, answers, strict=True)]
+    n = len(samples)
+    return {
+        "avg_at_k": sum(correct) / n,
+        "mean_response_tokens": sum(length for _, length in samples) / n,
+        "split_share": sum(task.response_plan(t) == "split" for t, _ in samples) / n,
+        "verbose_share": sum(task.response_style(t) == "verbose" for t, _ in samples) / n,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def build_world(
+    world: str, out_dir: pathlib.Path, seed: int = 0, show_progress: bool = True
+) -> dict:
+    """Train teacher and student for `world`, save to out_dir/{teacher,student}, return facts.
+
+    Facts: teacher/student avg@4 at T=0.7 on the test split, parameter counts, mean response
+    tokens, the share of the split plan and of the verbose style, and build seconds.
+    """
+    spec = world_spec(world)
+    start = time.time()
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    tok = build_tokenizer(seed, spec.vocab_size)
+    test = task.test_problems(0, N_TEST)
+    exclude = {task.problem_text(p) for p in test}
+    facts: dict = {"world": world, "version": VERSION, "seed": seed}
+    for role in ("teacher", "student"):
+        mspec = getattr(spec, role)
+        torch.manual_seed(seed * 1000 + (role == "student"))
+        model = make_model(mspec, tok)
+        examples = training_examples(tok, mspec, seed, f"{world}-{role}", exclude)
+        final_loss = train_model(model, examples, mspec, tok.pad_token_id, f"{world} {role}",
+                                 show_progress)
+        stats = measure(model, tok, test[: spec.n_eval], 4, spec.max_new_tokens, seed)
+        facts[role] = {**stats, "final_loss": final_loss, "spec": asdict(mspec)}
+        model.save_pretrained(out_dir / role)
+        tok.save_pretrained(out_dir / role)
+    facts["build_seconds"] = time.time() - start
+    (out_dir / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
+    return facts
+
+
+def _summary(facts: dict) -> str:
+    lines = [f"world {facts['world']} built in {facts['build_seconds']:.0f} s"]
+    for role in ("teacher", "student"):
+        f = facts[role]
+        lines.append(
+            f"{role}: avg@4 (T=0.7) {f['avg_at_k']:.3f}, params {f['params']:,}, "
+            f"mean response tokens {f['mean_response_tokens']:.1f}, split plan "
+            f"{f['split_share']:.2f}, verbose {f['verbose_share']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """CLI: build a world into a folder (default: the shipped weights for 'toy')."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("world", choices=list(WORLDS))
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from esr_lab.toy import build_into
+
+    out = args.out or (pathlib.Path(__file__).parent / "weights" / args.world)
+    print(_summary(build_into(args.world, out, args.seed)))
+
+
+if __name__ == "__main__":
+    main()

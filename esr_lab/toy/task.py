@@ -1,0 +1,152 @@
+"""The toy task: three-step integer arithmetic whose first tokens commit to a plan.
+
+A problem reads `Compute (a + b) * c - d * e.` Every solution opens with a plan sentence that
+settles how the two products are done, then executes it line by line and ends with
+`\\boxed{answer}`:
+
+- plan "split": each product is split into tens and ones (85 * 6 = 80 * 6 + 5 * 6 = 480 + 30),
+  so every step is a one-digit table fact or a short addition: slow but reliable;
+- plan "direct": each product is written down at once (85 * 6 = 510), a two-digit memory fact
+  that a small model gets wrong often, and the slip propagates to the boxed answer.
+
+Solutions come in two styles, "verbose" (a sentence per step) and "concise" (bare equations),
+whose first word differs, so style and plan are both fixed in the first few response tokens:
+the toy counterpart of the paper's early, high-KL planning tokens.
+"""
+
+from __future__ import annotations
+
+import random
+
+STYLES = ("verbose", "concise")
+PLANS = ("split", "direct")
+
+# The first words of a response name style and plan; measurements read them back.
+PLAN_OPENERS = {
+    ("verbose", "split"): "Let me plan first. I will split each product into tens and ones, "
+    "so that every step stays small.",
+    ("verbose", "direct"): "Let me plan first. I will multiply the numbers directly, "
+    "without splitting them.",
+    ("concise", "split"): "Plan: split products into tens and ones.",
+    ("concise", "direct"): "Plan: multiply directly.",
+}
+
+# Mixtures of (style, plan) in each model's training data: the teacher mostly splits, the
+# student mostly multiplies directly, so they disagree most at the plan tokens.
+TEACHER_MIX = {("verbose", "split"): 0.45, ("concise", "split"): 0.45,
+               ("verbose", "direct"): 0.05, ("concise", "direct"): 0.05}
+STUDENT_MIX = {("verbose", "split"): 0.125, ("concise", "split"): 0.125,
+               ("verbose", "direct"): 0.375, ("concise", "direct"): 0.375}
+
+
+def sample_numbers(rng: random.Random) -> tuple[int, int, int, int, int]:
+    """Draw (a, b, c, d, e) with a non-negative answer, so answers never carry a minus sign."""
+    while True:
+        a, b, d = rng.randint(10, 49), rng.randint(10, 49), rng.randint(11, 99)
+        c, e = rng.randint(3, 9), rng.randint(3, 9)
+        if (a + b) * c >= d * e:
+            return a, b, c, d, e
+
+
+def problem_text(nums: tuple[int, int, int, int, int]) -> str:
+    """The problem statement without instruction."""
+    a, b, c, d, e = nums
+    return f"Compute ({a} + {b}) * {c} - {d} * {e}."
+
+
+def answer_of(nums: tuple[int, int, int, int, int]) -> int:
+    """The exact value of the expression."""
+    a, b, c, d, e = nums
+    return (a + b) * c - d * e
+
+
+def _split_product(x: int, y: int) -> str:
+    """`x * y = tens * y + ones * y = p + q = x*y` (just `x * y = x*y` when x has no ones)."""
+    tens, ones = x - x % 10, x % 10
+    if ones == 0:
+        return f"{x} * {y} = {tens * y}"
+    return f"{x} * {y} = {tens} * {y} + {ones} * {y} = {tens * y} + {ones * y} = {x * y}"
+
+
+def _product_line(x: int, y: int, plan: str, style: str, step: int) -> str:
+    """One multiplication step, written according to plan and style."""
+    body = _split_product(x, y) if plan == "split" else f"{x} * {y} = {x * y}"
+    if style == "concise":
+        return body
+    return f"Step {step}: multiply {x} by {y}. {body}."
+
+
+def solution_text(nums: tuple[int, int, int, int, int], style: str, plan: str) -> str:
+    """The full worked solution in the given style and plan, ending with the boxed answer."""
+    a, b, c, d, e = nums
+    s, p, q = a + b, (a + b) * c, d * e
+    if style == "concise":
+        lines = [PLAN_OPENERS[style, plan], f"{a} + {b} = {s}", _product_line(s, c, plan, style, 2),
+                 _product_line(d, e, plan, style, 3), f"{p} - {q} = {p - q}",
+                 f"The answer is \\boxed{{{p - q}}}."]
+    else:
+        lines = [PLAN_OPENERS[style, plan],
+                 f"Step 1: add the numbers in the brackets. {a} + {b} = {s}.",
+                 _product_line(s, c, plan, style, 2), _product_line(d, e, plan, style, 3),
+                 f"Step 4: subtract the second product from the first. {p} - {q} = {p - q}.",
+                 f"So the final answer is \\boxed{{{p - q}}}."]
+    return "\n".join(lines)
+
+
+def response_style(text: str) -> str:
+    """'verbose' or 'concise' from a response's opening words, else 'other'."""
+    head = text.lstrip()
+    if head.startswith("Let me plan first."):
+        return "verbose"
+    if head.startswith("Plan:"):
+        return "concise"
+    return "other"
+
+
+def response_plan(text: str) -> str:
+    """'split' or 'direct' from the plan sentence in a response's first line, else 'other'."""
+    first = text.lstrip().split("\n", 1)[0]
+    if "split" in first and "without splitting" not in first:
+        return "split"
+    if "directly" in first:
+        return "direct"
+    return "other"
+
+
+def _problem_key(nums: tuple[int, int, int, int, int]) -> str:
+    return problem_text(nums)
+
+
+def test_problems(seed: int, n: int) -> list[tuple[int, int, int, int, int]]:
+    """The fixed held-out set: the first n distinct problems of a dedicated stream."""
+    rng = random.Random(f"toy-test-{seed}")
+    seen: dict[str, tuple[int, int, int, int, int]] = {}
+    while len(seen) < n:
+        nums = sample_numbers(rng)
+        seen.setdefault(_problem_key(nums), nums)
+    return list(seen.values())
+
+
+def train_problems(
+    seed: int, n: int, stream: str, exclude: set[str]
+) -> list[tuple[int, int, int, int, int]]:
+    """n problems from a named stream, skipping any whose text is in `exclude` (the test set).
+
+    Repeats are allowed: the problem space (~10^6) is large and dedup would cost time for nothing.
+    """
+    rng = random.Random(f"toy-{stream}-{seed}")
+    out: list[tuple[int, int, int, int, int]] = []
+    while len(out) < n:
+        nums = sample_numbers(rng)
+        if _problem_key(nums) not in exclude:
+            out.append(nums)
+    return out
+
+
+def pick_mode(rng: random.Random, mix: dict[tuple[str, str], float]) -> tuple[str, str]:
+    """Draw a (style, plan) pair from a mixture."""
+    modes = list(mix)
+    return rng.choices(modes, weights=[mix[m] for m in modes], k=1)[0]
+
+
+test_problems.__test__ = False  # keep pytest from collecting it as a test

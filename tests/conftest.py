@@ -1,0 +1,89 @@
+"""Shared test fixtures: tiny real models and tokenizers built in the test, no network."""
+
+from __future__ import annotations
+
+import os
+
+# Before transformers/datasets are imported: they read these once. Tests never touch a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+    "{% endif %}"
+)
+CORPUS = [
+    "Compute 12 + 7 * 3. First multiply: 7 * 3 = 21. Then add: 12 + 21 = 33. \\boxed{33}",
+    "The answer is \\boxed{42}. Please reason step by step.",
+] * 20
+
+
+def byte_level_tokenizer(merges_corpus: list[str] | None = None, vocab_size: int = 300):
+    """A lossless byte-level BPE tokenizer: raw bytes only, or with merges learned on a corpus."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size if merges_corpus else 256 + len(SPECIALS),
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(merges_corpus or ["a"], trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def tiny_model(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id: int = 0):
+    """A randomly initialised 2-layer Qwen3: a real architecture at test size."""
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=True,
+    )
+    return Qwen3ForCausalLM(config).eval()
+
+
+def save_pair(folder: Path, tokenizer, seed: int = 0) -> Path:
+    """A model+tokenizer folder as `save_pretrained` writes it (the local stand-in for a hub id)."""
+    model = tiny_model(len(tokenizer), seed, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def byte_model_dir(tmp_path_factory) -> Path:
+    return save_pair(tmp_path_factory.mktemp("byte_model"), byte_level_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def bpe_model_dir(tmp_path_factory) -> Path:
+    return save_pair(tmp_path_factory.mktemp("bpe_model"), byte_level_tokenizer(CORPUS), seed=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def toy_cache(tmp_path_factory) -> Path:
+    """Micro worlds are built once per test session into a private cache."""
+    cache = tmp_path_factory.mktemp("esr_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ESR_LAB_CACHE", str(cache))
+    yield cache
+    mp.undo()

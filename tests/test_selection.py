@@ -1,0 +1,135 @@
+"""Exact tests for esr_lab.selection on hand-built masks and scores."""
+
+import pytest
+import torch
+from torch import Tensor
+
+from esr_lab.errors import UserError
+from esr_lab.selection import (
+    SELECTORS,
+    all_positions,
+    first_n,
+    progressive_n,
+    random_k,
+    select_positions,
+    top_k_by_score,
+)
+
+
+def _mask(*rows: str) -> Tensor:
+    """'.' = prompt/padding/after-EOS, 'x' = real response token."""
+    return torch.tensor([[c == "x" for c in row] for row in rows])
+
+
+# Left padding + prompt, right padding, early EOS, and an empty row.
+RESPONSE_BT = _mask(
+    "...xxxxx",
+    "xxxxxx..",
+    "xx......",
+    "........",
+)
+
+
+def test_first_n_padding_and_early_eos() -> None:
+    assert first_n(RESPONSE_BT, 3).tolist() == _mask(
+        "...xxx..",
+        "xxx.....",
+        "xx......",
+        "........",
+    ).tolist()
+    assert first_n(RESPONSE_BT, 1).sum(-1).tolist() == [1, 1, 1, 0]
+
+
+def test_first_n_long_enough_equals_all_positions() -> None:
+    for n in (6, 8, 1000):
+        assert torch.equal(first_n(RESPONSE_BT, n), all_positions(RESPONSE_BT))
+    assert not torch.equal(first_n(RESPONSE_BT, 4), all_positions(RESPONSE_BT))
+
+
+def test_first_n_rejects_zero() -> None:
+    with pytest.raises(UserError, match="n=0"):
+        first_n(RESPONSE_BT, 0)
+
+
+def test_all_positions_is_a_bool_copy() -> None:
+    out = all_positions(RESPONSE_BT.int())
+    assert out.dtype == torch.bool and torch.equal(out, RESPONSE_BT)
+
+
+def test_top_k_by_score_picks_highest_within_mask_and_breaks_ties_early() -> None:
+    score_BT = torch.tensor([
+        [9.0, 9.0, 9.0, 1.0, 5.0, 3.0, 5.0, 2.0],   # 9s are prompt: must not be chosen
+        [2.0, 2.0, 7.0, 2.0, 0.0, 1.0, 8.0, 8.0],   # tie at 2: earliest wins
+        [0.0, -1.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],  # shorter than k: all real positions
+        [1.0] * 8,
+    ])
+    # row 0: 5 @ 4, 5 @ 6, 3 @ 5; row 1: 7 @ 2, then the tie at 2 goes to ids 0 and 1
+    assert top_k_by_score(score_BT, RESPONSE_BT, 3).tolist() == _mask(
+        "....xxx.",
+        "xxx.....",
+        "xx......",
+        "........",
+    ).tolist()
+    assert top_k_by_score(score_BT, RESPONSE_BT, 100).tolist() == RESPONSE_BT.tolist()
+
+
+def test_random_k_is_reproducible_and_respects_mask() -> None:
+    a = random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(7))
+    b = random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert not (a & ~RESPONSE_BT).any()
+    assert a.sum(-1).tolist() == [2, 2, 2, 0]
+    draws = {tuple(random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(s))[0].tolist())
+             for s in range(10)}
+    assert len(draws) > 1
+
+
+def test_select_positions_dispatch() -> None:
+    rkl_BT = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5.0]] * 4)
+    hs_BT = torch.tensor([[0, 0, 0, 5, 4, 3, 2, 1.0]] * 4)
+    ht_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 9, 1.0]] * 4)
+    kw = dict(rkl_BT=rkl_BT, student_entropy_BT=hs_BT, teacher_entropy_BT=ht_BT)
+    # response ids 3..7 of row 0; each comment lists the scores there
+    top_row = {
+        "top_rkl": "......xx",  # 1 2 3 4 5
+        "top_student_entropy": "...xx...",  # 5 4 3 2 1
+        "top_teacher_entropy": "...x..x.",  # 1 1 1 9 1: 9, then the earliest 1
+        "rkl_x_hs": "....xx..",  # 5 8 9 8 5: 9, then the earlier 8
+        "ht_x_hs": "...x..x.",  # 5 4 3 18 1
+        "rkl_x_ht_x_hs": ".....xx.",  # 5 8 9 72 5
+    }
+    for name, row in top_row.items():
+        got = select_positions(name, RESPONSE_BT, budget=2, **kw)
+        assert not (got & ~RESPONSE_BT).any()
+        assert got[0].tolist() == _mask(row)[0].tolist(), name
+    assert torch.equal(select_positions("first_n", RESPONSE_BT, n=2), first_n(RESPONSE_BT, 2))
+    assert torch.equal(select_positions("first_n", RESPONSE_BT, budget=2), first_n(RESPONSE_BT, 2))
+    assert torch.equal(select_positions("all", RESPONSE_BT), RESPONSE_BT)
+    gen = torch.Generator().manual_seed(1)
+    assert select_positions("random", RESPONSE_BT, budget=2, generator=gen).sum().item() == 6
+    assert set(top_row) | {"first_n", "all", "random"} == set(SELECTORS)
+
+
+def test_select_positions_errors() -> None:
+    with pytest.raises(UserError, match="first_n"):
+        select_positions("top_kl", RESPONSE_BT, budget=2)
+    with pytest.raises(ValueError, match="rkl_BT"):
+        select_positions("top_rkl", RESPONSE_BT, budget=2)
+    with pytest.raises(ValueError, match="budget"):
+        select_positions("top_rkl", RESPONSE_BT, rkl_BT=torch.ones(4, 8))
+    with pytest.raises(ValueError, match="n"):
+        select_positions("first_n", RESPONSE_BT)
+    with pytest.raises(ValueError, match="Generator"):
+        select_positions("random", RESPONSE_BT, budget=2)
+    with pytest.raises(UserError, match="k=0"):
+        select_positions("top_rkl", RESPONSE_BT, budget=0, rkl_BT=torch.ones(4, 8))
+
+
+def test_progressive_n_linear_schedule() -> None:
+    assert [progressive_n(s, 5, 10, 50) for s in range(7)] == [10, 20, 30, 40, 50, 50, 50]
+    assert progressive_n(0, 1, 10, 50) == 10
+    assert progressive_n(3, 4, 100, 20) == 20
+    with pytest.raises(UserError, match="n_start"):
+        progressive_n(0, 10, 0, 50)
+    with pytest.raises(UserError, match="step"):
+        progressive_n(-1, 10, 1, 50)
