@@ -1,17 +1,22 @@
-"""The `esr-lab` command: one subcommand per paper finding, plus the toy world's build.
+"""The `esr-lab` command: one subcommand per paper finding, plus train, eval and the toy build.
 
-Each subcommand parses options into an experiment's Config and calls its `run`; all the work
-lives in `esr_lab.experiments` and the core modules. User mistakes print one line and exit 2.
+Each subcommand turns its options into an experiment's Config and calls its `run`; the work
+lives in `esr_lab.experiments` and the core modules. Options shared by several commands are
+declared once, as dataclasses whose fields become options (`with_options`). A toy student
+takes its defaults from its world's preset (`experiments/toy.toml`), a real one the paper's.
+User mistakes print one line and exit 2.
 """
 
-from __future__ import annotations
-
+import functools
+import inspect
 import sys
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from esr_lab import presets
 from esr_lab.config import ModelPair, Sampling, default_max_new_tokens
 from esr_lab.errors import UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION
@@ -20,33 +25,131 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Reproduce and extend Early Stopping Rollout (ESR) for on-policy distillation.",
 )
 
-Student = Annotated[str, typer.Option(help="Hub id, local folder, or toy name (toy-student).")]
-Teacher = Annotated[str, typer.Option(help="Hub id, local folder, or toy name (toy-teacher).")]
-Device = Annotated[str, typer.Option(help="auto (GPU if present), cpu, cuda, cuda:N.")]
-Dtype = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")]
-Instruction = Annotated[str, typer.Option(help="Instruction appended to every problem.")]
-Thinking = Annotated[bool, typer.Option(help="Qwen3 thinking mode in the chat template.")]
-Seed = Annotated[int, typer.Option(help="Seed; every sample's seed derives from it.")]
-ResultsDir = Annotated[Path, typer.Option(help="Where run folders are written.")]
-FiguresDir = Annotated[Path, typer.Option(help="Where figures are written.")]
-RunId = Annotated[str | None, typer.Option(help="Name of the run; an existing one resumes.")]
-Temperature = Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")]
-TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")]
-MaxNew = Annotated[
-    int | None, typer.Option(min=1, help="Response token budget [default: 400 toy, 4096 real].")
-]
-Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
+
+def _opt(help_text: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(help=help_text, **kwargs)
 
 
-def _pair(student, teacher, device, dtype, instruction, thinking) -> ModelPair:
-    return ModelPair(student, teacher, device, dtype, instruction, thinking)
+@dataclass
+class ModelOptions:
+    student: Annotated[str, _opt("Hub id, local folder, or toy name.")] = "toy-student"
+    teacher: Annotated[str, _opt("Hub id, local folder, or toy name.")] = "toy-teacher"
+    device: Annotated[str, _opt("auto (GPU if present), cpu, cuda, cuda:N.")] = "auto"
+    dtype: Annotated[str, _opt("auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")] = "auto"
+    instruction: Annotated[str, _opt("Instruction after every problem.")] = DEFAULT_INSTRUCTION
+    thinking: Annotated[bool, _opt("Qwen3 thinking mode in the chat template.")] = False
+
+    def pair(self) -> ModelPair:
+        return ModelPair(
+            self.student, self.teacher, self.device, self.dtype, self.instruction, self.thinking
+        )
 
 
-def _sampling(student: str, temperature: float, top_p: float, max_new: int | None) -> Sampling:
-    return Sampling(temperature, top_p, max_new or default_max_new_tokens(student))
+@dataclass
+class SamplingOptions:
+    temperature: Annotated[float, _opt("Sampling temperature (0: greedy).", min=0.0)] = 0.7
+    top_p: Annotated[float, _opt("Nucleus sampling mass.", min=0.0, max=1.0)] = 1.0
+    max_new_tokens: Annotated[
+        int | None, _opt("Response budget in tokens [default: 400 toy, 4096 real].", min=1)
+    ] = None
+
+    def sampling(self, student: str) -> Sampling:
+        budget = self.max_new_tokens or default_max_new_tokens(student)
+        return Sampling(self.temperature, self.top_p, budget)
+
+
+@dataclass
+class RunOptions:
+    seed: Annotated[int, _opt("Seed; every sample's seed derives from it.")] = 0
+    results_dir: Annotated[Path, _opt("Where run folders are written.")] = Path("results")
+    figures_dir: Annotated[Path, _opt("Where figures are written.")] = Path("figures")
+    run_id: Annotated[str | None, _opt("Run name; an existing run resumes.")] = None
+    quiet: Annotated[bool, _opt("No progress bars.")] = False
+
+
+@dataclass
+class TrainOptions:
+    """Training options; None means: the toy preset's value, else the paper's."""
+
+    loss: Annotated[str, _opt("reverse_kl, forward_kl, jsd, sampled_token, topk_support.")] = (
+        "reverse_kl"
+    )
+    reduction: Annotated[str, _opt("sequence_sum (paper) or token_mean.")] = "sequence_sum"
+    mask_special_tokens: Annotated[bool, _opt("Exclude special tokens from the loss.")] = False
+    steps: Annotated[int | None, _opt("Training steps [paper: 200].")] = None
+    batch: Annotated[int | None, _opt("Prompts per step [paper: 16].")] = None
+    rollouts_per_prompt: Annotated[int, _opt("Rollouts per prompt.")] = 1
+    micro_batch: Annotated[int | None, _opt("Rows per forward/backward.")] = None
+    lr: Annotated[float | None, _opt("Learning rate [paper: 5e-5].")] = None
+    lora_rank: Annotated[int | None, _opt("LoRA rank [paper: 32].")] = None
+    lora_alpha: Annotated[int | None, _opt("LoRA alpha [paper: 64].")] = None
+    full_finetune: Annotated[bool, _opt("Train all weights instead of LoRA.")] = False
+    train_dataset: Annotated[str | None, _opt("Training prompts [toy: its generator].")] = None
+    train_limit: Annotated[int | None, _opt("Training prompts used [paper: 3200].")] = None
+    eval_dataset: Annotated[str | None, _opt("Eval set [default: math500 / toy test].")] = None
+    eval_limit: Annotated[int | None, _opt("Eval problems used.")] = None
+    eval_samples: Annotated[int, _opt("Samples per eval problem (avg@k).")] = 4
+    eval_every: Annotated[int | None, _opt("Steps between evals/checkpoints [paper: 50].")] = None
+    preset: Annotated[str | None, _opt("A preset in experiments/ (toy, paper-qwen, ...).")] = None
+
+    def config(
+        self,
+        models: ModelOptions,
+        sampling: SamplingOptions,
+        run: RunOptions,
+        command: str = "train",
+        **extra,
+    ):
+        """A TrainConfig: command line, then preset, then the paper's defaults."""
+        from esr_lab.train import TrainConfig
+
+        chosen = presets.defaults_for(models.student, "train", self.preset)
+        given = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "preset" and getattr(self, f.name) is not None
+        }
+        values = {**chosen, **given, **{k: v for k, v in extra.items() if v is not None}}
+        cfg = TrainConfig(
+            pair=models.pair(), sampling=sampling.sampling(models.student), seed=run.seed
+        )
+        known = {f.name for f in fields(TrainConfig)}
+        return replace(cfg, **{k: v for k, v in values.items() if k in known})
+
+
+GROUPS = (ModelOptions, SamplingOptions, RunOptions, TrainOptions)
+
+
+def with_options(func):
+    """Expand parameters annotated with an option group into that group's fields as options."""
+    signature = inspect.signature(func)
+    groups = {
+        name: p.annotation for name, p in signature.parameters.items() if p.annotation in GROUPS
+    }
+    own = [p for name, p in signature.parameters.items() if name not in groups]
+    expanded = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for group in groups.values()
+        for f in fields(group)
+    ]
+
+    @functools.wraps(func)
+    def command(**kwargs):
+        for name, group in groups.items():
+            kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in fields(group)})
+        return func(**kwargs)
+
+    params = own + expanded
+    command.__signature__ = signature.replace(parameters=params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    del command.__wrapped__  # typer must read the new signature, not the original one
+    return command
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:
@@ -54,73 +157,185 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise UserError(f"{option} takes comma-separated integers like 0,25,50; got '{text}'")
+        raise UserError(
+            f"{option} takes comma-separated integers like 0,25,50; got '{text}'"
+        ) from None
 
 
 @app.command()
+@with_options
 def decay(
-    student: Student = "toy-student",
-    teacher: Teacher = "toy-teacher",
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
     dataset: Annotated[
-        str | None, typer.Option(help="math500, aime24, amc23, gsm8k, toy, a hub id or a file.")
+        str | None, _opt("math500, aime24, amc23, gsm8k, toy, a hub id or a file.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N problems.")] = None,
-    samples: Annotated[int, typer.Option(help="Student samples per problem (avg@k).")] = 4,
-    prefix_lengths: Annotated[str, typer.Option(help="Student prefix lengths, tokens.")] = (
-        "0,25,50,100,200,300"
-    ),
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
-    max_new_tokens: MaxNew = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per generation batch.")] = 64,
-    extraction: Annotated[str, typer.Option(help="last_boxed, first_boxed or relaxed.")] = (
-        "last_boxed"
-    ),
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    instruction: Instruction = DEFAULT_INSTRUCTION,
-    thinking: Thinking = False,
-    seed: Seed = 0,
-    results_dir: ResultsDir = Path("results"),
-    figures_dir: FiguresDir = Path("figures"),
-    run_id: RunId = None,
-    quiet: Quiet = False,
+    limit: Annotated[int | None, _opt("Use the first N problems.", min=1)] = None,
+    samples: Annotated[int, _opt("Student samples per problem (avg@k).")] = 4,
+    prefix_lengths: Annotated[str, _opt("Student prefix lengths, tokens.")] = "0,25,50,100,200,300",
+    batch_size: Annotated[int, _opt("Rows per generation batch.")] = 64,
+    extraction: Annotated[str, _opt("last_boxed, first_boxed or relaxed.")] = "last_boxed",
 ) -> None:
     """Finding 1: teacher accuracy when it continues from student prefixes of growing length."""
     from esr_lab.experiments import decay as experiment
 
     cfg = experiment.DecayConfig(
-        pair=_pair(student, teacher, device, dtype, instruction, thinking),
+        pair=models.pair(),
         dataset=dataset,
         limit=limit,
         samples=samples,
         prefix_lengths=parse_int_list(prefix_lengths, "--prefix-lengths"),
-        sampling=_sampling(student, temperature, top_p, max_new_tokens),
-        seed=seed,
+        sampling=sampling.sampling(models.student),
+        seed=run.seed,
         batch_size=batch_size,
         extraction=extraction,
     )
-    run_dir, summary = experiment.run(cfg, results_dir, figures_dir, run_id, not quiet)
+    run_dir, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
     experiment.print_summary(summary, run_dir)
-    typer.echo(f"results: {run_dir.path}  figure: {figures_dir / 'decay.png'}")
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'decay.png'}")
+
+
+@app.command()
+@with_options
+def train(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    n: Annotated[int | None, _opt("ESR window, tokens [paper: 100].")] = None,
+    full: Annotated[bool, _opt("Full-rollout OPD instead of ESR.")] = False,
+    selector: Annotated[str | None, _opt("Token selector (first_n, all, top_rkl, ...).")] = None,
+    budget: Annotated[int | None, _opt("Positions per sequence for top-k selectors.")] = None,
+) -> None:
+    """Distil the teacher into the student with ESR (first N tokens) or full OPD."""
+    from esr_lab import loop
+    from esr_lab.experiments.common import summary_table
+    from esr_lab.figures import plot_training_curve
+
+    chosen = selector or ("all" if full else "first_n")
+    cfg = options.config(models, sampling, run, n=n, selector=chosen, budget=budget)
+    run_dir, summary = loop.run(cfg, run.results_dir, run.run_id, not run.quiet)
+    import pandas as pd
+
+    evals = pd.read_parquet(run_dir.path / "evals.parquet")
+    plot_training_curve(evals, [run_dir.path / "curve.png"])
+    from esr_lab.console import print_table
+
+    print_table(summary_table(summary), f"Training, run {run_dir.run_id}")
+    typer.echo(f"results: {run_dir.path}")
+
+
+@app.command("eval")
+@with_options
+def eval_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    model: Annotated[str, _opt("Model to evaluate: hub id, folder or toy name.")] = "toy-student",
+    adapter: Annotated[str | None, _opt("LoRA adapter folder from esr-lab train.")] = None,
+    dataset: Annotated[str | None, _opt("Eval set [default: math500 / toy test].")] = None,
+    limit: Annotated[int | None, _opt("Use the first N problems.", min=1)] = None,
+    samples: Annotated[int, _opt("Samples per problem (k).")] = 4,
+    extraction: Annotated[str, _opt("last_boxed, first_boxed or relaxed.")] = "last_boxed",
+) -> None:
+    """avg@k, pass@k and maj@k of a model (and adapter) on a dataset."""
+    from esr_lab.experiments import evaluation
+
+    cfg = evaluation.EvalConfig(
+        model=model,
+        adapter=adapter,
+        pair=models.pair(),
+        dataset=dataset,
+        limit=limit,
+        samples=samples,
+        sampling=sampling.sampling(model),
+        extraction=extraction,
+        seed=run.seed,
+    )
+    run_dir, summary = evaluation.run(cfg, run.results_dir, run.run_id)
+    evaluation.print_summary(summary, run_dir)
+    typer.echo(f"results: {run_dir.path}")
+
+
+@app.command("sweep-n")
+@with_options
+def sweep_n(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    ns: Annotated[str | None, _opt("ESR windows to train [paper: 5,...,200].")] = None,
+    full: Annotated[bool, _opt("Also train full OPD.")] = True,
+    progressive: Annotated[bool, _opt("Also train a progressive-N schedule.")] = True,
+) -> None:
+    """Finding 3: best accuracy of ESR for several N, against full OPD and progressive N."""
+    from esr_lab.console import print_table
+    from esr_lab.experiments import sweep_n as experiment
+    from esr_lab.experiments.common import summary_table
+
+    preset = presets.defaults_for(models.student, "sweep_n", options.preset)
+    chosen = parse_int_list(ns, "--ns") if ns else tuple(preset.get("ns", experiment.PAPER_NS))
+    cfg = experiment.SweepConfig(
+        base=options.config(models, sampling, run), ns=chosen, full=full, progressive=progressive
+    )
+    parent, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    print_table(summary_table(summary), f"N sweep, run {parent.run_id}")
+    typer.echo(f"results: {parent.path}  figure: {run.figures_dir / 'sweep_n.png'}")
+
+
+@app.command("select")
+@with_options
+def select_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    budget: Annotated[int | None, _opt("Loss-carrying positions per rollout [paper: 100].")] = None,
+    selectors: Annotated[str | None, _opt("Comma-separated selectors to compare.")] = None,
+) -> None:
+    """Finding 6: ESR against KL/entropy token selection with the same token budget."""
+    from esr_lab.console import print_table
+    from esr_lab.experiments import select as experiment
+    from esr_lab.experiments.common import summary_table
+
+    preset = presets.defaults_for(models.student, "select", options.preset)
+    names = tuple(s.strip() for s in selectors.split(",")) if selectors else experiment.BASELINES
+    cfg = experiment.SelectConfig(
+        base=options.config(models, sampling, run),
+        budget=budget or preset.get("budget", 100),
+        selectors=names,
+    )
+    parent, summary, share = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    print_table(summary_table(summary), f"Token selection, run {parent.run_id}")
+    typer.echo(f"top-{cfg.budget} RKL tokens hold {share * 100:.1f}% of the trajectory's loss")
+    typer.echo(f"results: {parent.path}  figure: {run.figures_dir / 'select.png'}")
 
 
 @app.command("build-toy")
 def build_toy(
     world: Annotated[str, typer.Argument(help="toy or micro.")] = "toy",
-    out: Annotated[Path | None, typer.Option(help="Folder [default: the cache].")] = None,
-    seed: Seed = 0,
+    out: Annotated[Path | None, _opt("Folder [default: the cache].")] = None,
+    seed: Annotated[int, _opt("Seed of the whole build.")] = 0,
 ) -> None:
     """Train the toy world's teacher and student from scratch (deterministic from the seed)."""
-    from esr_lab.toy import build
+    from esr_lab import toy
 
-    facts = build.build_world(world, out or build.world_dir(world), seed=seed)
+    facts = toy.build_into(world, out or toy.cached_world_dir(world), seed=seed)
     for key, value in facts.items():
         typer.echo(f"{key}: {value}")
 
 
 def main() -> None:
     """Console entry point: one line and exit 2 for every user mistake."""
+    from esr_lab.train import TrainingDiverged
+
     try:
         app(standalone_mode=False)
     except typer.Exit as stop:
@@ -133,6 +348,9 @@ def main() -> None:
     except UserError as err:
         print(f"esr-lab: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as err:
+        print(f"esr-lab: training diverged: {err}", file=sys.stderr)
+        sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         print("esr-lab: interrupted; rerun with the same --run-id to resume", file=sys.stderr)
         sys.exit(130)

@@ -110,7 +110,7 @@ def sampled_token_pg_loss(student_logp_BT: Tensor, teacher_logp_BT: Tensor) -> T
     cost A). The teacher term is a constant and is detached too.
     """
     # Policy-gradient form of sampled-token OPD: arXiv 2603.25562.
-    advantage_BT = sampled_token_advantage(student_logp_BT, teacher_logp_BT)
+    advantage_BT = sampled_token_advantage(student_logp_BT, teacher_logp_BT).detach()
     return advantage_BT * student_logp_BT
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import pandas as pd
 from scipy import stats
+
+from esr_lab import grading
+from esr_lab.config import Sampling
+from esr_lab.data import Problem
+from esr_lab.policy import Policy
+from esr_lab.rollout import row_seed
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -21,3 +28,79 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = stats.t.ppf(0.5 + confidence / 2, df=n - 1) * sd / math.sqrt(n)
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def sample_answers(
+    policy: Policy, problems: Sequence[Problem], k: int, sampling: Sampling, seed_keys: tuple
+) -> pd.DataFrame:
+    """k seeded samples per problem; one row per sample."""
+    pairs = [(p, j) for p in problems for j in range(k)]
+    prompts = [policy.prompt_ids(p.problem) for p, _ in pairs]
+    seeds = [row_seed(*seed_keys, p.id, j) for p, j in pairs]
+    rollouts = policy.engine.generate(prompts, seeds, sampling)
+    responses = [policy.response_ids(rollouts, i) for i in range(len(pairs))]
+    return pd.DataFrame(
+        {
+            "problem_id": [p.id for p, _ in pairs],
+            "sample": [j for _, j in pairs],
+            "completion": [policy.decode(ids) for ids in responses],
+            "completion_tokens": [len(ids) for ids in responses],
+            "finished": rollouts.finished,
+        }
+    )
+
+
+def grade_samples(
+    samples: pd.DataFrame, problems: Sequence[Problem], extraction: str
+) -> pd.DataFrame:
+    """Add correctness under the chosen and the other extractions, and collapse markers."""
+    gold = {p.id: p.answer for p in problems}
+    out = samples.copy()
+    texts, answers = out.completion.tolist(), out.problem_id.map(gold).tolist()
+    out["correct"] = [
+        grading.grade_math(t, a, extraction) for t, a in zip(texts, answers, strict=True)
+    ]
+    out["correct_relaxed"] = [
+        grading.grade_math(t, a, "relaxed") for t, a in zip(texts, answers, strict=True)
+    ]
+    out["correct_first_boxed"] = [
+        grading.grade_math(t, a, "first_boxed") for t, a in zip(texts, answers, strict=True)
+    ]
+    which = "first" if extraction == "first_boxed" else "last"
+    out["answer"] = [grading.extract_boxed(t, which) for t in texts]
+    out["n_boxed"] = [grading.count_boxed(t) for t in texts]
+    out["repetitive"] = [grading.is_repetitive(t) for t in texts]
+    out["chars"] = [len(t) for t in texts]
+    return out
+
+
+def majority_correct(group: pd.DataFrame) -> bool:
+    """maj@k: the most frequent extracted answer (first seen wins a tie) is a correct one."""
+    answered = group[group.answer.notna()]
+    if answered.empty:
+        return False
+    counts = answered.answer.value_counts(sort=False)
+    top = counts.index[counts.argmax()]
+    return bool(answered[answered.answer == top].correct.any())
+
+
+def accuracy_metrics(graded: pd.DataFrame) -> dict[str, float]:
+    """avg@k, pass@k, maj@k (as fractions), lengths, and the collapse signature of finding 9."""
+    by_problem = graded.groupby("problem_id", sort=False)
+    avg, low, high = mean_ci(by_problem.correct.mean().tolist())
+    return {
+        "avg_at_k": avg,
+        "avg_ci_low": low,
+        "avg_ci_high": high,
+        "pass_at_k": float(by_problem.correct.any().mean()),
+        "maj_at_k": float(by_problem.apply(majority_correct, include_groups=False).mean()),
+        "relaxed_avg_at_k": float(by_problem.correct_relaxed.mean().mean()),
+        "first_boxed_avg_at_k": float(by_problem.correct_first_boxed.mean().mean()),
+        "mean_tokens": float(graded.completion_tokens.mean()),
+        "median_tokens": float(graded.completion_tokens.median()),
+        "mean_chars": float(graded.chars.mean()),
+        "multi_boxed_pct": float((graded.n_boxed > 1).mean() * 100),
+        "boxes_per_response": float(graded.n_boxed.mean()),
+        "repetitive_pct": float(graded.repetitive.mean() * 100),
+        "n_problems": float(by_problem.ngroups),
+    }

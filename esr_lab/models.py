@@ -69,7 +69,9 @@ def resolve_model_source(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"model folder '{name}' has no config.json (save it with save_pretrained)")
+            raise UserError(
+                f"model folder '{name}' has no config.json (save it with save_pretrained)"
+            )
         if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
             raise UserError(f"model folder '{name}' has no weights (*.safetensors or *.bin)")
         return str(path)

@@ -26,13 +26,91 @@ from esr_lab.errors import UserError
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "decay_samples": (
-        "run_id", "seed", "problem_id", "sample", "condition", "prefix_tokens",
-        "prefix_complete", "completion", "completion_tokens", "correct",
+        "run_id",
+        "seed",
+        "problem_id",
+        "sample",
+        "condition",
+        "prefix_tokens",
+        "prefix_complete",
+        "completion",
+        "completion_tokens",
+        "correct",
     ),
     "decay_summary": (
-        "run_id", "condition", "prefix_tokens", "accuracy", "ci_low", "ci_high",
-        "n_problems", "n_samples",
+        "run_id",
+        "condition",
+        "prefix_tokens",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "n_problems",
+        "n_samples",
     ),
+    "train_steps": (
+        "run_id",
+        "label",
+        "step",
+        "loss",
+        "kl_selected",
+        "kl_all",
+        "grad_norm",
+        "rollout_tokens_mean",
+        "selected_tokens_mean",
+        "time_generation_s",
+        "time_teacher_s",
+        "time_training_s",
+        "time_total_s",
+        "peak_memory_mb",
+    ),
+    "train_evals": (
+        "run_id",
+        "label",
+        "step",
+        "avg_at_k",
+        "avg_ci_low",
+        "avg_ci_high",
+        "pass_at_k",
+        "maj_at_k",
+        "relaxed_avg_at_k",
+        "first_boxed_avg_at_k",
+        "mean_tokens",
+        "median_tokens",
+        "mean_chars",
+        "multi_boxed_pct",
+        "boxes_per_response",
+        "repetitive_pct",
+        "n_problems",
+    ),
+    "eval_samples": (
+        "run_id",
+        "step",
+        "problem_id",
+        "sample",
+        "completion",
+        "completion_tokens",
+        "finished",
+        "correct",
+        "correct_relaxed",
+        "correct_first_boxed",
+        "answer",
+        "n_boxed",
+        "repetitive",
+        "chars",
+    ),
+    "train_summary": (
+        "run_id",
+        "label",
+        "base_avg_at_k",
+        "best_avg_at_k",
+        "best_step",
+        "best_pass_at_k",
+        "best_maj_at_k",
+        "final_avg_at_k",
+        "final_step",
+        "collapsed",
+    ),
+    "loss_share": ("run_id", "budget", "share"),
 }
 
 VERSIONED_LIBRARIES = ("torch", "transformers", "peft", "datasets", "math-verify", "vllm")
@@ -48,7 +126,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, check=True,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -128,7 +209,9 @@ class RunDir:
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def open_run(results_dir: Path, experiment: str, config: dict[str, Any], run_id: str | None) -> RunDir:
+def open_run(
+    results_dir: Path, experiment: str, config: dict[str, Any], run_id: str | None
+) -> RunDir:
     """Create a new run folder, or reopen `run_id` to resume it if its config is the same.
 
     `config` is the run's options; the commit, versions, date and run id are added here.
@@ -147,8 +230,13 @@ def open_run(results_dir: Path, experiment: str, config: dict[str, Any], run_id:
             return RunDir(root / run_id, run_id, resumed=True)
     run_id = run_id or _fresh_run_id(root, config)
     path = root / run_id
-    full = dict(config, run_id=run_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
-                git_commit=git_commit(), versions=library_versions())
+    full = dict(
+        config,
+        run_id=run_id,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        git_commit=git_commit(),
+        versions=library_versions(),
+    )
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "config.json", full)
     return RunDir(path, run_id, resumed=False)

@@ -29,14 +29,16 @@ CORPUS = [
 ] * 20
 
 
-def byte_level_tokenizer(merges_corpus: list[str] | None = None, vocab_size: int = 300):
+def byte_level_tokenizer(
+    merges_corpus: list[str] | None = None, vocab_size: int = 300, specials=tuple(SPECIALS)
+):
     """A lossless byte-level BPE tokenizer: raw bytes only, or with merges learned on a corpus."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size if merges_corpus else 256 + len(SPECIALS),
-        special_tokens=SPECIALS,
+        vocab_size=vocab_size if merges_corpus else 256 + len(specials),
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -52,9 +54,17 @@ def tiny_model(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id
     """A randomly initialised 2-layer Qwen3: a real architecture at test size."""
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=True,
     )
     return Qwen3ForCausalLM(config).eval()
 

@@ -24,8 +24,9 @@ from esr_lab.divergences import (
 from esr_lab.errors import UserError
 
 
-def trl_generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, beta: float,
-                        temperature: float) -> Tensor:
+def trl_generalized_jsd(
+    student_logits: Tensor, teacher_logits: Tensor, beta: float, temperature: float
+) -> Tensor:
     """Independent reference: TRL GKDTrainer.generalized_jsd_loss (huggingface/trl), per position.
 
     Written as TRL writes it with F.kl_div(input, target, log_target=True) = KL(target || input),
@@ -42,14 +43,17 @@ def trl_generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, beta: fl
     else:
         beta_t = torch.tensor(beta, dtype=student_log_probs.dtype)
         mixture_log_probs = torch.logsumexp(
-            torch.stack([student_log_probs + torch.log(1 - beta_t),
-                         teacher_log_probs + torch.log(beta_t)]),
+            torch.stack(
+                [student_log_probs + torch.log(1 - beta_t), teacher_log_probs + torch.log(beta_t)]
+            ),
             dim=0,
         )
-        kl_teacher = F.kl_div(mixture_log_probs, teacher_log_probs, reduction="none",
-                              log_target=True)
-        kl_student = F.kl_div(mixture_log_probs, student_log_probs, reduction="none",
-                              log_target=True)
+        kl_teacher = F.kl_div(
+            mixture_log_probs, teacher_log_probs, reduction="none", log_target=True
+        )
+        kl_student = F.kl_div(
+            mixture_log_probs, student_log_probs, reduction="none", log_target=True
+        )
         jsd = beta_t * kl_teacher + (1 - beta_t) * kl_student
     return jsd.sum(-1)
 
@@ -75,10 +79,12 @@ def test_hand_computed_kl_is_asymmetric() -> None:
     # KL([.5,.5] || [.9,.1]) = .5 ln(.5/.9) + .5 ln(.5/.1); the reverse is .9 ln(1.8) + .1 ln(.2)
     s = torch.tensor([0.5, 0.5]).log()
     t = torch.tensor([0.9, 0.1]).log()
-    assert reverse_kl(s, t).item() == pytest.approx(0.5 * math.log(5 / 9) + 0.5 * math.log(5),
-                                                    abs=1e-6)
-    assert forward_kl(s, t).item() == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2),
-                                                    abs=1e-6)
+    assert reverse_kl(s, t).item() == pytest.approx(
+        0.5 * math.log(5 / 9) + 0.5 * math.log(5), abs=1e-6
+    )
+    assert forward_kl(s, t).item() == pytest.approx(
+        0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-6
+    )
 
 
 def test_entropy_uniform_is_log_v_and_one_hot_is_zero() -> None:
@@ -104,13 +110,14 @@ def test_temperature_scales_logits() -> None:
 # --- the JSD family against TRL --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_generalized_jsd_matches_trl(beta: float, temperature: float) -> None:
     s, t = _logits(3, 5, 13), _logits(3, 5, 13, seed=1)
     ours = generalized_jsd(s, t, beta, temperature)
-    torch.testing.assert_close(ours, trl_generalized_jsd(s, t, beta, temperature),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours, trl_generalized_jsd(s, t, beta, temperature), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_jsd_endpoints_are_the_kls_and_middle_is_bounded() -> None:
@@ -200,12 +207,13 @@ def test_topk_support_renormalises_over_teacher_top_k() -> None:
 def test_per_position_loss_dispatch() -> None:
     s, t = _logits(2, 3, 8), _logits(2, 3, 8, seed=1)
     torch.testing.assert_close(per_position_loss("reverse_kl", s, t), reverse_kl(s, t))
-    torch.testing.assert_close(per_position_loss("forward_kl", s, t, temperature=2.0),
-                               forward_kl(s, t, 2.0))
-    torch.testing.assert_close(per_position_loss("jsd", s, t, beta=0.2),
-                               generalized_jsd(s, t, 0.2))
-    torch.testing.assert_close(per_position_loss("topk_support", s, t, topk=3),
-                               topk_support_kl(s, t, 3))
+    torch.testing.assert_close(
+        per_position_loss("forward_kl", s, t, temperature=2.0), forward_kl(s, t, 2.0)
+    )
+    torch.testing.assert_close(per_position_loss("jsd", s, t, beta=0.2), generalized_jsd(s, t, 0.2))
+    torch.testing.assert_close(
+        per_position_loss("topk_support", s, t, topk=3), topk_support_kl(s, t, 3)
+    )
     lp_s, lp_t = torch.randn(2, 3), torch.randn(2, 3)
     torch.testing.assert_close(
         per_position_loss("sampled_token", None, None, student_logp_BT=lp_s, teacher_logp_BT=lp_t),
@@ -280,8 +288,9 @@ def test_chunked_stats_match_plain_functions() -> None:
     torch.testing.assert_close(stats["teacher_entropy"], entropy(t), **close)
     logp_s, logp_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
     torch.testing.assert_close(stats["student_top1_prob"], logp_s.max(-1).values.exp(), **close)
-    torch.testing.assert_close(stats["student_logp"], logp_s.gather(-1, tokens_BT[..., None])[..., 0])
-    torch.testing.assert_close(stats["teacher_logp"], logp_t.gather(-1, tokens_BT[..., None])[..., 0])
+    ids_BT1 = tokens_BT[..., None]
+    torch.testing.assert_close(stats["student_logp"], logp_s.gather(-1, ids_BT1)[..., 0])
+    torch.testing.assert_close(stats["teacher_logp"], logp_t.gather(-1, ids_BT1)[..., 0])
     assert "student_logp" not in chunked_position_stats(s, t)
 
 
@@ -295,5 +304,8 @@ def test_chunked_stats_rank_membership_on_hand_built_logits() -> None:
     assert stats["teacher_rank_of_student_top1"].tolist() == [[0, 1, 4, 5, 5]]
     torch.testing.assert_close(stats["student_top1_prob"], torch.full((1, 5), 0.7))
     rank = stats["teacher_rank_of_student_top1"][0]
-    assert [(rank == 0).sum().item(), ((rank >= 1) & (rank < 5)).sum().item(),
-            (rank == 5).sum().item()] == [1, 2, 2]
+    assert [
+        (rank == 0).sum().item(),
+        ((rank >= 1) & (rank < 5)).sum().item(),
+        (rank == 5).sum().item(),
+    ] == [1, 2, 2]

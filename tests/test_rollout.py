@@ -40,11 +40,16 @@ def test_greedy_matches_transformers_generate(byte_model_dir):
     out = eng.generate(PROMPTS, [0, 0, 0], Sampling(temperature=0, max_new_tokens=8))
     model, pad = eng.loaded.model, eng.loaded.tokenizer.pad_token_id
     ids, mask = left_pad(PROMPTS, pad)
-    reference = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                               max_new_tokens=8, eos_token_id=eng.loaded.stop_ids,
-                               pad_token_id=pad)
+    reference = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=8,
+        eos_token_id=eng.loaded.stop_ids,
+        pad_token_id=pad,
+    )
     for i, row in enumerate(out.completion_ids):
-        expected = reference[i, ids.shape[1]:].tolist()[: len(row)]
+        expected = reference[i, ids.shape[1] :].tolist()[: len(row)]
         assert row == expected
 
 
@@ -55,7 +60,8 @@ def test_stops_at_eos_per_row(byte_model_dir):
     eng.loaded.model.generation_config.eos_token_id = first_tokens[0]  # row 0 now stops at once
     out = eng.generate(PROMPTS, [0] * 3, greedy)
     assert out.completion_ids[0] == [first_tokens[0]] and out.finished[0]
-    assert all(len(ids) == len(lp) for ids, lp in zip(out.completion_ids, out.logprobs))
+    pairs = zip(out.completion_ids, out.logprobs, strict=True)
+    assert all(len(ids) == len(lp) for ids, lp in pairs)
 
 
 def test_sampler_logprobs_are_those_of_the_sampled_distribution(byte_model_dir):

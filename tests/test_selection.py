@@ -31,12 +31,15 @@ RESPONSE_BT = _mask(
 
 
 def test_first_n_padding_and_early_eos() -> None:
-    assert first_n(RESPONSE_BT, 3).tolist() == _mask(
-        "...xxx..",
-        "xxx.....",
-        "xx......",
-        "........",
-    ).tolist()
+    assert (
+        first_n(RESPONSE_BT, 3).tolist()
+        == _mask(
+            "...xxx..",
+            "xxx.....",
+            "xx......",
+            "........",
+        ).tolist()
+    )
     assert first_n(RESPONSE_BT, 1).sum(-1).tolist() == [1, 1, 1, 0]
 
 
@@ -57,20 +60,37 @@ def test_all_positions_is_a_bool_copy() -> None:
 
 
 def test_top_k_by_score_picks_highest_within_mask_and_breaks_ties_early() -> None:
-    score_BT = torch.tensor([
-        [9.0, 9.0, 9.0, 1.0, 5.0, 3.0, 5.0, 2.0],   # 9s are prompt: must not be chosen
-        [2.0, 2.0, 7.0, 2.0, 0.0, 1.0, 8.0, 8.0],   # tie at 2: earliest wins
-        [0.0, -1.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],  # shorter than k: all real positions
-        [1.0] * 8,
-    ])
+    score_BT = torch.tensor(
+        [
+            [9.0, 9.0, 9.0, 1.0, 5.0, 3.0, 5.0, 2.0],  # 9s are prompt: must not be chosen
+            [2.0, 2.0, 7.0, 2.0, 0.0, 1.0, 8.0, 8.0],  # tie at 2: earliest wins
+            [0.0, -1.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],  # shorter than k: all real positions
+            [1.0] * 8,
+        ]
+    )
     # row 0: 5 @ 4, 5 @ 6, 3 @ 5; row 1: 7 @ 2, then the tie at 2 goes to ids 0 and 1
-    assert top_k_by_score(score_BT, RESPONSE_BT, 3).tolist() == _mask(
-        "....xxx.",
-        "xxx.....",
-        "xx......",
-        "........",
-    ).tolist()
+    assert (
+        top_k_by_score(score_BT, RESPONSE_BT, 3).tolist()
+        == _mask(
+            "....xxx.",
+            "xxx.....",
+            "xx......",
+            "........",
+        ).tolist()
+    )
     assert top_k_by_score(score_BT, RESPONSE_BT, 100).tolist() == RESPONSE_BT.tolist()
+
+
+def test_top_k_by_score_ties_are_deterministic_on_long_rows() -> None:
+    # Many ties over thousands of positions: an unstable sort would reorder equal scores.
+    gen = torch.Generator().manual_seed(0)
+    score_BT = torch.randint(0, 3, (3, 3000), generator=gen).float()
+    mask_BT = torch.rand(3, 3000, generator=gen) < 0.8
+    got = top_k_by_score(score_BT, mask_BT, 700)
+    for b in range(3):
+        real = [t for t in range(3000) if mask_BT[b, t]]
+        best = sorted(real, key=lambda t: (-score_BT[b, t].item(), t))[:700]
+        assert got[b].nonzero()[:, 0].tolist() == sorted(best)
 
 
 def test_random_k_is_reproducible_and_respects_mask() -> None:
@@ -79,8 +99,10 @@ def test_random_k_is_reproducible_and_respects_mask() -> None:
     assert torch.equal(a, b)
     assert not (a & ~RESPONSE_BT).any()
     assert a.sum(-1).tolist() == [2, 2, 2, 0]
-    draws = {tuple(random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(s))[0].tolist())
-             for s in range(10)}
+    draws = {
+        tuple(random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(s))[0].tolist())
+        for s in range(10)
+    }
     assert len(draws) > 1
 
 

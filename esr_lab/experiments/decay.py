@@ -30,10 +30,9 @@ from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
 from esr_lab.evaluate import mean_ci
 from esr_lab.figures import plot_decay
-from esr_lab.models import LoadedModel, load_model
-from esr_lab.prompts import render_prompt
+from esr_lab.policy import load_policy
 from esr_lab.records import RunDir, open_run, write_table
-from esr_lab.rollout import Rollouts, TransformersEngine, row_seed
+from esr_lab.rollout import row_seed
 
 CONDITIONS = ("teacher_alone", "student_alone", "teacher_from_prefix")
 
@@ -66,30 +65,9 @@ class DecayConfig:
                 f"unknown extraction '{self.extraction}'; use {', '.join(grading.EXTRACTION_MODES)}"
             )
         dataset = self.dataset or default_dataset(self.pair.student)
-        return replace(self, dataset=dataset, prefix_lengths=tuple(sorted(set(self.prefix_lengths))))
-
-
-@dataclass
-class _Side:
-    """One model with its engine and its own rendering of every prompt."""
-
-    loaded: LoadedModel
-    engine: TransformersEngine
-    instruction: str
-    enable_thinking: bool
-
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        tok = self.loaded.tokenizer
-        text = render_prompt(tok, problem.problem, self.instruction, self.enable_thinking)
-        return tok(text, add_special_tokens=False).input_ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def response_ids(self, rollouts: Rollouts, row: int) -> list[int]:
-        """A completion without its stop token."""
-        ids = rollouts.completion_ids[row]
-        return ids[:-1] if rollouts.finished[row] else ids
+        return replace(
+            self, dataset=dataset, prefix_lengths=tuple(sorted(set(self.prefix_lengths)))
+        )
 
 
 def run(
@@ -102,7 +80,9 @@ def run(
     """Sample, continue, grade and summarise; resumable per chunk of problems."""
     cfg = cfg.resolved()
     problems = load_problems(cfg.dataset, limit=cfg.limit)
-    student, teacher = (_load_side(cfg, name) for name in (cfg.pair.student, cfg.pair.teacher))
+    student, teacher = (
+        load_policy(name, cfg.pair, cfg.batch_size) for name in (cfg.pair.student, cfg.pair.teacher)
+    )
     run_dir = open_run(results_dir, "decay", _config_dict(cfg), run_id)
     chunks = _chunks(problems, max(1, cfg.batch_size // cfg.samples))
     prefixes = [k for k in cfg.prefix_lengths if k > 0]
@@ -127,8 +107,14 @@ def run(
 
 
 _SAMPLE_COLUMNS = (
-    "problem_id", "sample", "condition", "prefix_tokens", "prefix_complete",
-    "completion", "completion_tokens", "correct",
+    "problem_id",
+    "sample",
+    "condition",
+    "prefix_tokens",
+    "prefix_complete",
+    "completion",
+    "completion_tokens",
+    "correct",
 )
 
 
@@ -138,12 +124,6 @@ def _config_dict(cfg: DecayConfig) -> dict:
     return config
 
 
-def _load_side(cfg: DecayConfig, name: str) -> _Side:
-    loaded = load_model(name, cfg.pair.device, cfg.pair.dtype)
-    return _Side(loaded, TransformersEngine(loaded, cfg.batch_size), cfg.pair.instruction,
-                 cfg.pair.enable_thinking)
-
-
 def _chunks(problems: list[Problem], size: int) -> list[list[Problem]]:
     return [problems[i : i + size] for i in range(0, len(problems), size)]
 
@@ -151,7 +131,7 @@ def _chunks(problems: list[Problem], size: int) -> list[list[Problem]]:
 def _run_chunk(cfg, chunk, student, teacher, prefixes, bar, task) -> list[tuple]:
     """Every condition for one chunk of problems; returns sample rows."""
     pairs = [(p, j) for p in chunk for j in range(cfg.samples)]
-    student_prompts = [student.prompt_ids(p) for p, _ in pairs]
+    student_prompts = [student.prompt_ids(p.problem) for p, _ in pairs]
     seeds = [row_seed(cfg.seed, "student", p.id, j) for p, j in pairs]
     bar.update(task, description="student rollouts")
     rollouts = student.engine.generate(student_prompts, seeds, cfg.sampling)
@@ -172,11 +152,11 @@ def _teacher_from_prefix(cfg, pairs, responses, finished, k, student, teacher) -
     """The teacher continues each student response from its first k tokens."""
     condition = "teacher_alone" if k == 0 else "teacher_from_prefix"
     complete = [fin and len(ids) <= k for ids, fin in zip(responses, finished, strict=True)]
-    prefix_texts = [student.decode(ids[:k]) for ids in responses]
     todo = [i for i, done in enumerate(complete) if not done]
-    prompts = [
-        teacher.prompt_ids(pairs[i][0]) + _encode(teacher, prefix_texts[i]) for i in todo
-    ]
+    prefixes = {
+        i: reencode_prefix(student.tokenizer, teacher.tokenizer, responses[i], k) for i in todo
+    }
+    prompts = [teacher.prompt_ids(pairs[i][0].problem) + prefixes[i][1] for i in todo]
     seeds = [row_seed(cfg.seed, "teacher", k, pairs[i][0].id, pairs[i][1]) for i in todo]
     budget = replace(cfg.sampling, max_new_tokens=max(cfg.sampling.max_new_tokens - k, 1))
     continued = teacher.engine.generate(prompts, seeds, budget) if todo else None
@@ -184,7 +164,7 @@ def _teacher_from_prefix(cfg, pairs, responses, finished, k, student, teacher) -
     lengths = {i: len(responses[i]) for i in texts}
     for row, i in enumerate(todo):
         ids = teacher.response_ids(continued, row)
-        texts[i] = prefix_texts[i] + teacher.decode(ids)
+        texts[i] = prefixes[i][0] + teacher.decode(ids)
         lengths[i] = min(k, len(responses[i])) + len(ids)
     return [
         _row(cfg, p, j, condition, k, complete[i], texts[i], lengths[i])
@@ -192,8 +172,18 @@ def _teacher_from_prefix(cfg, pairs, responses, finished, k, student, teacher) -
     ]
 
 
-def _encode(side: _Side, text: str) -> list[int]:
-    return side.loaded.tokenizer(text, add_special_tokens=False).input_ids if text else []
+def reencode_prefix(
+    student_tokenizer, teacher_tokenizer, response_ids: Sequence[int], k: int
+) -> tuple[str, list[int]]:
+    """The student's first k response tokens as text, and that text in the teacher's tokens.
+
+    Going through text is what lets models with different vocabularies share a prefix; a prefix
+    cut inside a multi-byte character decodes with a replacement character, as any
+    detokeniser would.
+    """
+    text = student_tokenizer.decode(response_ids[:k], skip_special_tokens=True)
+    ids = teacher_tokenizer(text, add_special_tokens=False).input_ids if text else []
+    return text, ids
 
 
 def _row(cfg, problem, sample, condition, k, complete, text, length) -> tuple:
@@ -202,20 +192,40 @@ def _row(cfg, problem, sample, condition, k, complete, text, length) -> tuple:
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.astype({"prefix_tokens": "Int64", "sample": "int64", "completion_tokens": "int64",
-                         "correct": "bool", "prefix_complete": "bool", "problem_id": "str"})
+    return frame.astype(
+        {
+            "prefix_tokens": "Int64",
+            "sample": "int64",
+            "completion_tokens": "int64",
+            "correct": "bool",
+            "prefix_complete": "bool",
+            "problem_id": "str",
+        }
+    )
 
 
 def summarise(samples: pd.DataFrame, prefix_lengths: Sequence[int], run_id: str) -> pd.DataFrame:
     """avg@k with a 95% CI per condition; the curve's k=0 point is the teacher alone."""
-    rows = [_summary_row(samples[samples.condition == "teacher_alone"], "teacher_alone", 0),
-            _summary_row(samples[samples.condition == "student_alone"], "student_alone", None)]
+    rows = [
+        _summary_row(samples[samples.condition == "teacher_alone"], "teacher_alone", 0),
+        _summary_row(samples[samples.condition == "student_alone"], "student_alone", None),
+    ]
     for k in prefix_lengths:
         source = "teacher_alone" if k == 0 else "teacher_from_prefix"
         part = samples[(samples.condition == source) & (samples.prefix_tokens == k)]
         rows.append(_summary_row(part, "teacher_from_prefix", k))
-    summary = pd.DataFrame(rows, columns=["condition", "prefix_tokens", "accuracy", "ci_low",
-                                          "ci_high", "n_problems", "n_samples"])
+    summary = pd.DataFrame(
+        rows,
+        columns=[
+            "condition",
+            "prefix_tokens",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "n_problems",
+            "n_samples",
+        ],
+    )
     summary.insert(0, "run_id", run_id)
     return summary.astype({"prefix_tokens": "Int64"})
 

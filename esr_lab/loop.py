@@ -1,0 +1,151 @@
+"""The training loop: steps, evaluations, checkpoints, and resuming after a kill.
+
+A checkpoint is written at every evaluation (and the last step): the student's trainable
+weights (`save_pretrained`, so `esr-lab eval --adapter` can load it), the optimizer state, and
+the metrics up to that step. Rollouts draw their randomness from (seed, step, prompt, sample)
+only, so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from esr_lab import train
+from esr_lab.console import progress_bar
+from esr_lab.records import SCHEMAS, RunDir, open_run, write_json, write_table
+from esr_lab.train import TrainConfig, Trainer
+
+
+def checkpoint_dir(run_dir: RunDir, step: int) -> Path:
+    return run_dir.path / "checkpoints" / f"step-{step:06d}"
+
+
+def latest_checkpoint(run_dir: RunDir) -> Path | None:
+    """The newest complete checkpoint (state.json is written last, then the folder renamed)."""
+    done = sorted(
+        p for p in (run_dir.path / "checkpoints").glob("step-*") if (p / "state.json").is_file()
+    )
+    return done[-1] if done else None
+
+
+def save_checkpoint(trainer: Trainer, run_dir: RunDir, step: int, steps, evals, samples) -> None:
+    """Weights, optimizer and metrics up to `step`, all or nothing."""
+    final = checkpoint_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    trainer.model.save_pretrained(tmp / "model")
+    torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json(tmp / "state.json", {"step": step})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _write_metrics(run_dir, steps, evals, samples)
+
+
+def _write_metrics(run_dir: RunDir, steps, evals, samples) -> None:
+    write_table(
+        run_dir.path / "steps.parquet", _frame(steps, run_dir, "train_steps"), "train_steps"
+    )
+    write_table(
+        run_dir.path / "evals.parquet", _frame(evals, run_dir, "train_evals"), "train_evals"
+    )
+    write_table(run_dir.path / "eval_samples.parquet", samples, "eval_samples")
+
+
+def _frame(rows: list[dict], run_dir: RunDir, schema: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "label", json.loads((run_dir.path / "config.json").read_text())["label"])
+    frame.insert(0, "run_id", run_dir.run_id)
+    return frame[list(SCHEMAS[schema])]
+
+
+def restore(trainer: Trainer, run_dir: RunDir) -> tuple[int, list, list, pd.DataFrame]:
+    """Resume point: the step after the latest checkpoint, with the metrics saved with it."""
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        return 0, [], [], pd.DataFrame()
+    train.load_checkpoint_weights(trainer, folder / "model")
+    trainer.optimizer.load_state_dict(torch.load(folder / "optimizer.pt"))
+    step = json.loads((folder / "state.json").read_text())["step"]
+    steps = pd.read_parquet(run_dir.path / "steps.parquet")
+    evals = pd.read_parquet(run_dir.path / "evals.parquet")
+    samples = pd.read_parquet(run_dir.path / "eval_samples.parquet")
+    return step + 1, _rows_upto(steps, step), _rows_upto(evals, step), samples[samples.step <= step]
+
+
+def _rows_upto(frame: pd.DataFrame, step: int) -> list[dict]:
+    return frame[frame.step <= step].drop(columns=["run_id", "label"]).to_dict("records")
+
+
+def is_eval_step(cfg: TrainConfig, step: int) -> bool:
+    """Evaluate the base student (step 0), every eval_every steps, and after the last step."""
+    return step == 0 or step % cfg.eval_every == 0 or step == cfg.steps
+
+
+def run(
+    cfg: TrainConfig,
+    results_dir: Path = Path("results"),
+    run_id: str | None = None,
+    show_progress: bool = True,
+    experiment: str = "train",
+) -> tuple[RunDir, pd.DataFrame]:
+    """Train (or resume) one run; returns its run folder and its summary row."""
+    cfg = cfg.resolved()
+    trainer = train.setup(cfg)
+    run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
+    start, steps, evals, samples = restore(trainer, run_dir)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(cfg.label, total=cfg.steps + 1, completed=start)
+        if start == 0:
+            samples = _evaluate(trainer, run_dir, 0, evals, samples)
+            bar.advance(task)
+            start = 1
+        for step in range(start, cfg.steps + 1):
+            steps.append(train.train_step(trainer, step))
+            if is_eval_step(cfg, step):
+                samples = _evaluate(trainer, run_dir, step, evals, samples)
+                save_checkpoint(trainer, run_dir, step, steps, evals, samples)
+            bar.update(task, advance=1, description=f"{cfg.label} loss {steps[-1]['loss']:.3f}")
+    summary = summarise(pd.DataFrame(evals), cfg, run_dir.run_id)
+    write_table(run_dir.path / "summary.parquet", summary, "train_summary")
+    return run_dir, summary
+
+
+def _evaluate(trainer, run_dir, step, evals, samples) -> pd.DataFrame:
+    metrics, graded = train.evaluate_student(trainer, step)
+    evals.append(metrics)
+    graded.insert(0, "step", step)
+    graded.insert(0, "run_id", run_dir.run_id)
+    return pd.concat([samples, graded], ignore_index=True) if len(samples) else graded
+
+
+def summarise(evals: pd.DataFrame, cfg: TrainConfig, run_id: str) -> pd.DataFrame:
+    """Base, best-across-steps (the paper's reported number) and final accuracy; collapse flag.
+
+    A run is flagged collapsed when its final accuracy fell more than `collapse_drop` (relative)
+    below its best trained checkpoint.
+    """
+    base = evals[evals.step == 0].iloc[0]
+    trained = evals[evals.step > 0]
+    best = trained.loc[trained.avg_at_k.idxmax()]
+    final = trained.iloc[-1]
+    collapsed = bool(final.avg_at_k < (1 - cfg.collapse_drop) * best.avg_at_k)
+    row = {
+        "run_id": run_id,
+        "label": cfg.label,
+        "base_avg_at_k": base.avg_at_k,
+        "best_avg_at_k": best.avg_at_k,
+        "best_step": int(best.step),
+        "best_pass_at_k": best.pass_at_k,
+        "best_maj_at_k": best.maj_at_k,
+        "final_avg_at_k": final.avg_at_k,
+        "final_step": int(final.step),
+        "collapsed": collapsed,
+    }
+    return pd.DataFrame([row])

@@ -1,0 +1,129 @@
+"""The toy world: task generator, tokenizer, and building/loading the micro pair."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from esr_lab.errors import UserError
+from esr_lab.prompts import DEFAULT_INSTRUCTION, render_prompt
+from esr_lab.toy import SHIPPED_DIR, task, toy_model_path, toy_problems
+from esr_lab.toy.build import boxed_int, build_tokenizer, encode_example
+
+
+def _expression(problem: str) -> str:
+    assert problem.startswith("Compute ") and problem.endswith(".")
+    return problem[len("Compute ") : -1]
+
+
+def test_problems_are_deterministic_and_correct() -> None:
+    first, again = toy_problems("toy", "test"), toy_problems("toy", "test")
+    assert first == again and len(first) == 200
+    assert len({p["id"] for p in first}) == 200
+    for p in first:
+        assert int(p["answer"]) == eval(_expression(p["problem"]))  # noqa: S307 - our own text
+        assert int(p["answer"]) >= 0
+    train = toy_problems("toy", "train", n=500)
+    assert train == toy_problems("toy", "train", n=500)
+    assert not {p["problem"] for p in train} & {p["problem"] for p in first}
+
+
+@pytest.mark.parametrize("style", task.STYLES)
+@pytest.mark.parametrize("plan", task.PLANS)
+def test_every_written_equation_holds(style: str, plan: str) -> None:
+    rng = random.Random(1)
+    for _ in range(50):
+        nums = task.sample_numbers(rng)
+        text = task.solution_text(nums, style, plan)
+        assert boxed_int(text) == task.answer_of(nums)
+        assert task.response_style(text) == style and task.response_plan(text) == plan
+        for chain in re.findall(r"\d[\d +*-]*(?: = [\d +*-]*\d)+", text):
+            values = {eval(part) for part in chain.split(" = ")}  # noqa: S307 - our own text
+            assert len(values) == 1, chain
+
+
+def test_teacher_favours_split_student_favours_direct_and_both_styles_appear() -> None:
+    rng = random.Random(0)
+    teacher = [task.pick_mode(rng, task.TEACHER_MIX) for _ in range(2000)]
+    student = [task.pick_mode(rng, task.STUDENT_MIX) for _ in range(2000)]
+    assert {s for s, _ in teacher} == set(task.STYLES)
+    assert sum(p == "split" for _, p in teacher) > 0.8 * len(teacher)
+    assert sum(p == "direct" for _, p in student) > 0.6 * len(student)
+    assert task.response_style("hello") == "other" and task.response_plan("hello") == "other"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(0, 400)
+
+
+def test_tokenizer_round_trips_arbitrary_text(tokenizer) -> None:
+    rng = random.Random(0)
+    samples = [DEFAULT_INSTRUCTION, "héllo wörld 😀\t\n\n  x", "(47 + 38) * 6 = 510 \\boxed{394}"]
+    samples += ["".join(chr(rng.randint(1, 0x2FFF)) for _ in range(40)) for _ in range(20)]
+    for text in samples:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert tokenizer.decode(ids) == text
+
+
+def test_digits_are_single_tokens(tokenizer) -> None:
+    ids = tokenizer("x 1234567890 y", add_special_tokens=False).input_ids
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == list("1234567890")
+    assert len(tokenizer) <= 400
+
+
+def test_chat_template_and_special_tokens(tokenizer) -> None:
+    prompt = render_prompt(tokenizer, "Compute (1 + 2) * 3 - 4 * 5.")
+    assert prompt == (
+        "<|im_start|>user\nCompute (1 + 2) * 3 - 4 * 5.\n" + DEFAULT_INSTRUCTION
+        + "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    ids, n_prompt = encode_example(tokenizer, "Compute (1 + 2) * 3 - 4 * 5.", "ok")
+    assert ids[-1] == tokenizer.eos_token_id and ids[0] == tokenizer.convert_tokens_to_ids(
+        "<|im_start|>"
+    )
+    assert tokenizer.decode(ids[:n_prompt]) == prompt
+
+
+def test_micro_world_builds_into_cache_and_loads(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ESR_LAB_CACHE", str(tmp_path))
+    path = toy_model_path("micro-teacher")
+    assert path.is_relative_to(tmp_path) and path.name == "teacher"
+    assert toy_model_path("micro-student") == path.parent / "student"
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir() if p.is_dir()) == [path.parent.name]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.pad_token_id == tok.pad_token_id
+    ids = tok(render_prompt(tok, "Compute (1 + 2) * 3 - 4 * 5."), return_tensors="pt",
+              add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits_BTV = model(ids).logits
+    assert logits_BTV.shape == (1, ids.shape[1], len(tok))
+    assert (path.parent / "facts.json").is_file()
+    mtime = (path / "model.safetensors").stat().st_mtime
+    assert toy_model_path("micro-teacher") == path  # cached: no rebuild
+    assert (path / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_toy_teacher_is_the_shipped_folder() -> None:
+    shipped = SHIPPED_DIR / "toy" / "teacher"
+    assert (shipped / "model.safetensors").is_file(), "toy weights are not shipped"
+    assert toy_model_path("toy-teacher") == shipped
+    assert (shipped / "config.json").is_file() and (shipped / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda: toy_model_path("toy-oracle"), lambda: toy_problems("nano"),
+     lambda: toy_problems("toy", "dev"), lambda: toy_problems("toy", "test", n=10_000)],
+)
+def test_bad_names_raise_user_error(call) -> None:
+    with pytest.raises(UserError):
+        call()

@@ -1,0 +1,151 @@
+"""The training step is exact: ESR(N >= length) == full OPD, micro-batches == one batch, the
+loss is the paper's equation; the loop resumes identically; bad settings are one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from esr_lab import loop, train
+from esr_lab.config import ModelPair, Sampling
+from esr_lab.divergences import reverse_kl
+from esr_lab.errors import UserError
+from esr_lab.models import load_tokenizer
+from esr_lab.scoring import build_batch, response_logits, shared_vocab_size
+from tests.conftest import SPECIALS, byte_level_tokenizer
+
+BASE = train.TrainConfig(
+    pair=ModelPair("micro-student", "micro-teacher"),
+    n=6,
+    steps=4,
+    batch=4,
+    micro_batch=4,
+    lr=1e-2,
+    lora_rank=4,
+    lora_alpha=8,
+    eval_every=2,
+    eval_limit=4,
+    eval_samples=2,
+    train_limit=32,
+    sampling=Sampling(max_new_tokens=24),
+)
+
+
+def one_step(cfg: train.TrainConfig) -> tuple[dict, list[torch.Tensor]]:
+    trainer = train.setup(cfg.resolved())
+    metrics = train.train_step(trainer, 1)
+    params = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+    return metrics, params
+
+
+def assert_same_update(a, b, tol=1e-5):
+    (metrics_a, params_a), (metrics_b, params_b) = a, b
+    assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], rel=tol, abs=tol)
+    for pa, pb in zip(params_a, params_b, strict=True):
+        torch.testing.assert_close(pa, pb, rtol=tol, atol=tol)
+
+
+def test_esr_with_n_beyond_the_rollout_is_full_opd():
+    esr = one_step(replace(BASE, selector="first_n", n=10_000))
+    full = one_step(replace(BASE, selector="all", n=None))
+    assert esr[0]["rollout_tokens_mean"] == full[0]["rollout_tokens_mean"]
+    assert esr[0]["loss"] == full[0]["loss"]
+    for pa, pb in zip(esr[1], full[1], strict=True):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("reduction", ["sequence_sum", "token_mean"])
+def test_micro_batches_add_up_to_the_whole_batch(reduction):
+    whole = one_step(replace(BASE, micro_batch=4, reduction=reduction))
+    pieces = one_step(replace(BASE, micro_batch=1, reduction=reduction))
+    assert_same_update(whole, pieces)
+
+
+def test_step_loss_is_the_papers_equation():
+    cfg = replace(BASE, n=5).resolved()
+    trainer = train.setup(cfg)
+    problems, responses = train.rollout(trainer, 1)
+    assert max(map(len, responses)) <= 5  # ESR stops generating at N
+    batches = [
+        build_batch(
+            [side.prompt_ids(p.problem) for p in problems], responses, side.tokenizer.pad_token_id
+        )
+        for side in (trainer.student, trainer.teacher)
+    ]
+    with torch.no_grad():
+        s_logits = response_logits(trainer.model, batches[0])
+        t_logits = response_logits(trainer.teacher.loaded.model, batches[1])
+    kl_BT = reverse_kl(s_logits, t_logits) * batches[0].response_mask_BT
+    expected = float(kl_BT.sum(-1).mean())  # sum over positions, mean over sequences
+    assert train.train_step(trainer, 1)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    ref, _ = loop.run(BASE, tmp_path / "a", "ref", show_progress=False)
+    real_step = train.train_step
+
+    def dies_at_step_3(trainer, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(trainer, step)
+
+    monkeypatch.setattr(train, "train_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(BASE, tmp_path / "b", "killed", show_progress=False)
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed, summary = loop.run(BASE, tmp_path / "b", "killed", show_progress=False)
+    volatile = [
+        "run_id",
+        "time_generation_s",
+        "time_teacher_s",
+        "time_training_s",
+        "time_total_s",
+        "peak_memory_mb",
+    ]
+    for name in ("steps", "evals"):
+        a = pd.read_parquet(ref.path / f"{name}.parquet").drop(columns=volatile, errors="ignore")
+        b = pd.read_parquet(resumed.path / f"{name}.parquet").drop(
+            columns=volatile, errors="ignore"
+        )
+        pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    assert list(pd.read_parquet(resumed.path / "evals.parquet").step) == [0, 2, 4]
+    assert summary.iloc[0].label == "esr-6"
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        train,
+        "per_position_loss",
+        lambda *a, **k: torch.full((4, 6), float("nan"), requires_grad=True),
+    )
+    with pytest.raises(train.TrainingDiverged, match="not finite"):
+        loop.run(replace(BASE, steps=2), tmp_path, "nan", show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n": 0}, "--n must be at least 1"),
+        ({"loss": "l2"}, "unknown loss 'l2'"),
+        ({"selector": "best"}, "unknown selector 'best'"),
+        ({"selector": "top_rkl", "budget": 25}, "--budget 25 is larger than the rollout"),
+        ({"steps": 0}, "--steps must be at least 1"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(change, message):
+    with pytest.raises(UserError, match=message) as err:
+        replace(BASE, **change).resolved()
+    assert "\n" not in str(err.value)
+
+
+def test_vocabularies_must_agree_on_their_overlap(byte_model_dir, bpe_model_dir):
+    byte_tok, bpe_tok = load_tokenizer(str(byte_model_dir)), load_tokenizer(str(bpe_model_dir))
+    # The BPE vocabulary extends the byte one (same specials and bytes first, merges after).
+    assert len(bpe_tok) > len(byte_tok)
+    assert shared_vocab_size(byte_tok, bpe_tok) == len(byte_tok)
+    other = byte_level_tokenizer(specials=SPECIALS[::-1])
+    with pytest.raises(UserError, match=f"vocabularies differ \\({len(other)} and {len(bpe_tok)}"):
+        shared_vocab_size(other, bpe_tok)
