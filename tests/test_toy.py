@@ -80,7 +80,8 @@ def test_digits_are_single_tokens(tokenizer) -> None:
 def test_chat_template_and_special_tokens(tokenizer) -> None:
     prompt = render_prompt(tokenizer, "Compute (1 + 2) * 3 - 4 * 5.")
     assert prompt == (
-        "<|im_start|>user\nCompute (1 + 2) * 3 - 4 * 5.\n" + DEFAULT_INSTRUCTION
+        "<|im_start|>user\nCompute (1 + 2) * 3 - 4 * 5.\n"
+        + DEFAULT_INSTRUCTION
         + "<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
@@ -101,8 +102,11 @@ def test_micro_world_builds_into_cache_and_loads(tmp_path, monkeypatch) -> None:
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.generation_config.eos_token_id == tok.eos_token_id
     assert model.generation_config.pad_token_id == tok.pad_token_id
-    ids = tok(render_prompt(tok, "Compute (1 + 2) * 3 - 4 * 5."), return_tensors="pt",
-              add_special_tokens=False).input_ids
+    ids = tok(
+        render_prompt(tok, "Compute (1 + 2) * 3 - 4 * 5."),
+        return_tensors="pt",
+        add_special_tokens=False,
+    ).input_ids
     with torch.no_grad():
         logits_BTV = model(ids).logits
     assert logits_BTV.shape == (1, ids.shape[1], len(tok))
@@ -121,8 +125,12 @@ def test_toy_teacher_is_the_shipped_folder() -> None:
 
 @pytest.mark.parametrize(
     "call",
-    [lambda: toy_model_path("toy-oracle"), lambda: toy_problems("nano"),
-     lambda: toy_problems("toy", "dev"), lambda: toy_problems("toy", "test", n=10_000)],
+    [
+        lambda: toy_model_path("toy-oracle"),
+        lambda: toy_problems("nano"),
+        lambda: toy_problems("toy", "dev"),
+        lambda: toy_problems("toy", "test", n=10_000),
+    ],
 )
 def test_bad_names_raise_user_error(call) -> None:
     with pytest.raises(UserError):

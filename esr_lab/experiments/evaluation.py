@@ -35,16 +35,20 @@ class EvalConfig:
     batch_size: int = 64
 
 
+def check_adapter(adapter: str) -> None:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(
+            f"no LoRA adapter in '{adapter}' (expected adapter_config.json, as written in "
+            "<run>/checkpoints/step-N/model by esr-lab train)"
+        )
+
+
 def load_adapter(policy, adapter: str) -> None:
     """Wrap the policy's model with a LoRA adapter saved by `esr-lab train`."""
     from peft import PeftModel
 
     folder = Path(adapter)
-    if not (folder / "adapter_config.json").is_file():
-        raise UserError(
-            f"no LoRA adapter in '{adapter}' (expected adapter_config.json, as written in "
-            "<run>/checkpoints/step-N/model by esr-lab train)"
-        )
+    check_adapter(adapter)
     try:
         policy.loaded.model = PeftModel.from_pretrained(policy.loaded.model, folder).eval()
     except (RuntimeError, ValueError, KeyError) as err:
@@ -62,6 +66,8 @@ def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None
         raise UserError(
             f"unknown extraction '{cfg.extraction}'; use {', '.join(grading.EXTRACTION_MODES)}"
         )
+    if cfg.adapter:
+        check_adapter(cfg.adapter)
     dataset = cfg.dataset or default_dataset(cfg.model)
     problems = load_problems(dataset, limit=cfg.limit)
     policy = load_policy(cfg.model, cfg.pair, cfg.batch_size)

@@ -84,7 +84,9 @@ def toy_model_path(name: str) -> pathlib.Path:
     built on first use (with a progress bar) and cached for 'micro' (and for 'toy' if the shipped
     weights are missing)."""
     if not is_toy_model(name):
-        raise UserError(f"unknown toy model {name!r}; expected one of: {', '.join(TOY_MODEL_NAMES)}")
+        raise UserError(
+            f"unknown toy model {name!r}; expected one of: {', '.join(TOY_MODEL_NAMES)}"
+        )
     world, role = name.split("-")
     shipped = SHIPPED_DIR / world
     if world == "toy" and _complete(shipped):
@@ -112,7 +114,10 @@ def toy_problems(world: str, split: str = "test", n: int | None = None) -> list[
         exclude = {task.problem_text(p) for p in test}
         nums = task.train_problems(0, n or _N_TRAIN_DEFAULT, "distill", exclude)
     return [
-        {"id": f"{world}-{split}-{i:05d}", "problem": task.problem_text(p),
-         "answer": str(task.answer_of(p))}
+        {
+            "id": f"{world}-{split}-{i:05d}",
+            "problem": task.problem_text(p),
+            "answer": str(task.answer_of(p)),
+        }
         for i, p in enumerate(nums)
     ]

@@ -55,19 +55,25 @@ class WorldSpec:
     vocab_size: int
     n_eval: int
     max_new_tokens: int
-    threads: int  # tiny models run faster on one thread than on two contended ones
+    threads: int  # one thread: fixed results, and small ops gain little from a second
 
 
 WORLDS: dict[str, WorldSpec] = {
     "toy": WorldSpec(
         teacher=ModelSpec(128, 4, 4, 1500, 32, 3e-3, task.TEACHER_MIX),
         student=ModelSpec(64, 2, 2, 500, 32, 3e-3, task.STUDENT_MIX),
-        vocab_size=400, n_eval=N_TEST, max_new_tokens=400, threads=2,
+        vocab_size=400,
+        n_eval=N_TEST,
+        max_new_tokens=400,
+        threads=1,
     ),
     "micro": WorldSpec(
         teacher=ModelSpec(32, 2, 2, 40, 16, 1e-2, task.TEACHER_MIX),
         student=ModelSpec(32, 2, 2, 20, 16, 1e-2, task.STUDENT_MIX),
-        vocab_size=400, n_eval=8, max_new_tokens=160, threads=1,
+        vocab_size=400,
+        n_eval=8,
+        max_new_tokens=160,
+        threads=1,
     ),
 }
 
@@ -92,11 +98,19 @@ def build_tokenizer(seed: int, vocab_size: int) -> PreTrainedTokenizerFast:
 def make_model(spec: ModelSpec, tok: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
     """A small Qwen3 with tied embeddings; eos/pad ids match the tokenizer."""
     config = Qwen3Config(
-        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=3 * spec.hidden,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads, head_dim=spec.hidden // spec.heads,
-        max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=spec.hidden,
+        intermediate_size=3 * spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        head_dim=spec.hidden // spec.heads,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(
@@ -130,8 +144,12 @@ def training_examples(
     problems = task.train_problems(seed, spec.steps * spec.batch, stream, exclude)
     modes = [task.pick_mode(rng, spec.mix) for _ in problems]
     examples = encode_examples(
-        tok, [task.problem_text(n) for n in problems],
-        [task.solution_text(n, style, plan) for n, (style, plan) in zip(problems, modes, strict=True)],
+        tok,
+        [task.problem_text(n) for n in problems],
+        [
+            task.solution_text(n, style, plan)
+            for n, (style, plan) in zip(problems, modes, strict=True)
+        ],
     )
     return length_grouped(examples, spec.batch, rng)
 
@@ -169,19 +187,31 @@ def lr_at(step: int, spec: ModelSpec) -> float:
 
 
 def train_model(
-    model: Qwen3ForCausalLM, examples: list, spec: ModelSpec, pad_id: int, label: str,
+    model: Qwen3ForCausalLM,
+    examples: list,
+    spec: ModelSpec,
+    pad_id: int,
+    label: str,
     show_progress: bool,
 ) -> float:
     """Plain AdamW on response tokens; returns the mean loss over the last 10% of steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
     losses = []
-    columns = [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=not show_progress) as progress:
         bar = progress.add_task(label, total=spec.steps, loss=float("nan"))
         for step in range(spec.steps):
-            ids_BT, labels_BT = collate(examples[step * spec.batch : (step + 1) * spec.batch], pad_id)
+            ids_BT, labels_BT = collate(
+                examples[step * spec.batch : (step + 1) * spec.batch], pad_id
+            )
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, spec)
             loss = model(input_ids=ids_BT, attention_mask=ids_BT.ne(pad_id), labels=labels_BT).loss
@@ -212,8 +242,13 @@ def boxed_int(text: str) -> int | None:
 
 @torch.no_grad()
 def sample_responses(
-    model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, problems: list[str], k: int,
-    max_new_tokens: int, seed: int, chunk: int = 200,
+    model: Qwen3ForCausalLM,
+    tok: PreTrainedTokenizerFast,
+    problems: list[str],
+    k: int,
+    max_new_tokens: int,
+    seed: int,
+    chunk: int = 200,
 ) -> list[tuple[str, int]]:
     """k samples per problem at T=0.7, top_p=1 (problem-major order): (text, token count)."""
     tok.padding_side = "left"
@@ -221,10 +256,20 @@ def sample_responses(
     torch.manual_seed(seed)
     out = []
     for start in range(0, len(prompts), chunk):
-        enc = tok(prompts[start : start + chunk], add_special_tokens=False, padding=True,
-                  return_tensors="pt")
-        gen_BT = model.generate(**enc, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                                max_new_tokens=max_new_tokens)[:, enc.input_ids.shape[1] :]
+        enc = tok(
+            prompts[start : start + chunk],
+            add_special_tokens=False,
+            padding=True,
+            return_tensors="pt",
+        )
+        gen_BT = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=0.7,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+        )[:, enc.input_ids.shape[1] :]
         for row in gen_BT.tolist():
             n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
             out.append((tok.decode(row[:n], skip_special_tokens=True), n))
@@ -233,8 +278,12 @@ def sample_responses(
 
 
 def measure(
-    model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, problems: list[tuple], k: int,
-    max_new_tokens: int, seed: int,
+    model: Qwen3ForCausalLM,
+    tok: PreTrainedTokenizerFast,
+    problems: list[tuple],
+    k: int,
+    max_new_tokens: int,
+    seed: int,
 ) -> dict:
     """avg@k at T=0.7 by exact integer match of the last boxed answer, plus mode shares."""
     texts = [task.problem_text(p) for p in problems]
@@ -271,8 +320,9 @@ def build_world(
         torch.manual_seed(seed * 1000 + (role == "student"))
         model = make_model(mspec, tok)
         examples = training_examples(tok, mspec, seed, f"{world}-{role}", exclude)
-        final_loss = train_model(model, examples, mspec, tok.pad_token_id, f"{world} {role}",
-                                 show_progress)
+        final_loss = train_model(
+            model, examples, mspec, tok.pad_token_id, f"{world} {role}", show_progress
+        )
         stats = measure(model, tok, test[: spec.n_eval], 4, spec.max_new_tokens, seed)
         spec_dict = {**asdict(mspec), "mix": {"/".join(k): v for k, v in mspec.mix.items()}}
         facts[role] = {**stats, "final_loss": final_loss, "spec": spec_dict}

@@ -33,16 +33,24 @@ PLAN_OPENERS = {
 
 # Mixtures of (style, plan) in each model's training data: the teacher mostly splits, the
 # student mostly multiplies directly, so they disagree most at the plan tokens.
-TEACHER_MIX = {("verbose", "split"): 0.45, ("concise", "split"): 0.45,
-               ("verbose", "direct"): 0.05, ("concise", "direct"): 0.05}
-STUDENT_MIX = {("verbose", "split"): 0.125, ("concise", "split"): 0.125,
-               ("verbose", "direct"): 0.375, ("concise", "direct"): 0.375}
+TEACHER_MIX = {
+    ("verbose", "split"): 0.45,
+    ("concise", "split"): 0.45,
+    ("verbose", "direct"): 0.05,
+    ("concise", "direct"): 0.05,
+}
+STUDENT_MIX = {
+    ("verbose", "split"): 0.125,
+    ("concise", "split"): 0.125,
+    ("verbose", "direct"): 0.375,
+    ("concise", "direct"): 0.375,
+}
 
 
 def sample_numbers(rng: random.Random) -> tuple[int, int, int, int, int]:
     """Draw (a, b, c, d, e) with a non-negative answer, so answers never carry a minus sign."""
     while True:
-        a, b, d = rng.randint(10, 49), rng.randint(10, 49), rng.randint(11, 99)
+        a, b, d = rng.randint(2, 9), rng.randint(2, 9), rng.randint(11, 19)
         c, e = rng.randint(3, 9), rng.randint(3, 9)
         if (a + b) * c >= d * e:
             return a, b, c, d, e
@@ -81,15 +89,23 @@ def solution_text(nums: tuple[int, int, int, int, int], style: str, plan: str) -
     a, b, c, d, e = nums
     s, p, q = a + b, (a + b) * c, d * e
     if style == "concise":
-        lines = [PLAN_OPENERS[style, plan], f"{a} + {b} = {s}", _product_line(s, c, plan, style, 2),
-                 _product_line(d, e, plan, style, 3), f"{p} - {q} = {p - q}",
-                 f"The answer is \\boxed{{{p - q}}}."]
+        lines = [
+            PLAN_OPENERS[style, plan],
+            f"{a} + {b} = {s}",
+            _product_line(s, c, plan, style, 2),
+            _product_line(d, e, plan, style, 3),
+            f"{p} - {q} = {p - q}",
+            f"The answer is \\boxed{{{p - q}}}.",
+        ]
     else:
-        lines = [PLAN_OPENERS[style, plan],
-                 f"Step 1: add the numbers in the brackets. {a} + {b} = {s}.",
-                 _product_line(s, c, plan, style, 2), _product_line(d, e, plan, style, 3),
-                 f"Step 4: subtract the second product from the first. {p} - {q} = {p - q}.",
-                 f"So the final answer is \\boxed{{{p - q}}}."]
+        lines = [
+            PLAN_OPENERS[style, plan],
+            f"Step 1: add the numbers in the brackets. {a} + {b} = {s}.",
+            _product_line(s, c, plan, style, 2),
+            _product_line(d, e, plan, style, 3),
+            f"Step 4: subtract the second product from the first. {p} - {q} = {p - q}.",
+            f"So the final answer is \\boxed{{{p - q}}}.",
+        ]
     return "\n".join(lines)
 
 
