@@ -97,7 +97,11 @@ def run(
 ) -> tuple[RunDir, pd.DataFrame]:
     """Train (or resume) one run; returns its run folder and its summary row."""
     cfg = cfg.resolved()
-    trainer = train.setup(cfg)
+    finished = Path(results_dir) / experiment / str(run_id) / "summary.parquet"
+    if run_id is not None and finished.is_file():  # nothing left to do: no models to load
+        run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
+        return run_dir, pd.read_parquet(finished)
+    trainer = train.setup(cfg)  # loads data and models first: bad input writes nothing
     run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
     start, steps, evals, samples = restore(trainer, run_dir)
     with progress_bar(show_progress) as bar:

@@ -1,7 +1,10 @@
-"""Running a family of training variants inside one parent run folder.
+"""Running a family of training variants for one experiment.
 
-A sweep's folder holds its own config.json and summary, and one sub-run per variant under
-`runs/<label>/`; each sub-run resumes on its own, so a killed sweep picks up mid-variant.
+Each variant is an ordinary training run stored by content under `<results>/runs/<label>-<hash
+of its config>/`: a killed sweep resumes mid-variant, and a variant that another experiment
+already trained with the same config (the ESR and full-OPD runs shared by `sweep-n`, `select`,
+`cascade` and `submode`) is reused, not retrained. The experiment's own folder holds its
+config.json (naming its variant runs) and the combined tables.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import loop
+from esr_lab import loop, train
 from esr_lab.console import console
-from esr_lab.records import RunDir, open_run, write_table
+from esr_lab.records import RunDir, config_hash, open_run, write_table
 from esr_lab.train import TrainConfig
 
 
@@ -26,11 +29,12 @@ def run_variants(
     show_progress: bool,
 ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Train every variant; returns the parent run, the summaries, and all evaluations."""
+    config = dict(config, variant_runs=[variant_run_id(v) for v in variants])
     parent = open_run(results_dir, experiment, config, run_id)
     summaries, evals = [], []
     for index, variant in enumerate(variants, start=1):
         console.print(f"[bold]{experiment}[/] variant {index}/{len(variants)}: {variant.label}")
-        run_dir, summary = loop.run(variant, parent.path, variant.label, show_progress, "runs")
+        run_dir, summary = train_variant(variant, results_dir, show_progress)
         summaries.append(summary)
         evals.append(pd.read_parquet(run_dir.path / "evals.parquet"))
     summary = pd.concat(summaries, ignore_index=True)
@@ -38,6 +42,17 @@ def run_variants(
     all_evals = pd.concat(evals, ignore_index=True)
     write_table(parent.path / "evals.parquet", all_evals, "train_evals")
     return parent, summary, all_evals
+
+
+def variant_run_id(cfg: TrainConfig) -> str:
+    """The run id a training config always gets: its label and a hash of its settings."""
+    resolved = cfg.resolved()
+    return f"{resolved.label}-{config_hash(train.config_dict(resolved))}"
+
+
+def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool):
+    """Train `cfg` under its content-addressed run id, or reuse/resume the run that has it."""
+    return loop.run(cfg, results_dir, variant_run_id(cfg), show_progress, "runs")
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
