@@ -318,6 +318,37 @@ def select_command(
     typer.echo(f"results: {parent.path}  figure: {run.figures_dir / 'select.png'}")
 
 
+@app.command("profile")
+@with_options
+def profile_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    ns: Annotated[str | None, _opt("ESR windows to profile against full OPD [paper: 100].")] = None,
+    warmup: Annotated[int | None, _opt("Unmeasured steps before the measured --steps.")] = None,
+    threads: Annotated[int | None, _opt("CPU torch threads [toy: 1; default: torch's].")] = None,
+) -> None:
+    """Finding 8: per-phase wall time and peak memory of ESR(N) steps against full OPD."""
+    from esr_lab.console import print_table
+    from esr_lab.experiments import profile as experiment
+
+    preset = presets.defaults_for(models.student, "profile", options.preset)
+    base = options.config(models, sampling, run)
+    cfg = experiment.ProfileConfig(
+        base=base,
+        ns=parse_int_list(ns, "--ns") if ns else tuple(preset.get("ns", [base.n or 100])),
+        steps=options.steps if options.steps is not None else preset.get("steps", 3),
+        warmup=warmup if warmup is not None else preset.get("warmup", 1),
+        threads=threads or preset.get("threads"),
+    )
+    run_dir, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    print_table(experiment.paper_table(summary), f"Cost per step, run {run_dir.run_id}")
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'profile.png'}")
+
+
 @app.command("build-toy")
 def build_toy(
     world: Annotated[str, typer.Argument(help="toy or micro.")] = "toy",

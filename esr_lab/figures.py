@@ -163,3 +163,41 @@ def plot_training_curve(evals: pd.DataFrame, paths: list[Path], benchmark: str =
     ax.legend()
     fig.tight_layout()
     _save(fig, paths)
+
+
+PHASE_COLORS = {"generation": CURVE_COLOR, "teacher": TEACHER_COLOR, "training": ESR_COLOR}
+
+
+def plot_profile(summary: pd.DataFrame, paths: list[Path]) -> None:
+    """Per-step wall time stacked by phase, and peak memory per phase, ESR vs full (finding 8)."""
+    labels = list(dict.fromkeys(summary.label))
+    cell = summary.set_index(["label", "phase"])
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.5))
+    bottom = [0.0] * len(labels)
+    for phase, color in PHASE_COLORS.items():
+        heights = [cell.loc[(lab, phase), "time_median_s"] for lab in labels]
+        ax_t.bar(labels, heights, bottom=bottom, color=color, label=phase)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    for x, (lab, total) in enumerate(zip(labels, bottom, strict=True)):
+        ratio = cell.loc[(lab, "total"), "time_ratio"]
+        ax_t.annotate(
+            f"{total:.2f} s ({ratio:.2f}x)",
+            (x, total),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+        )
+    _style(ax_t, "Wall time per step (median)", "", "seconds")
+    ax_t.legend(loc="upper left")
+    width = 0.8 / len(labels)
+    phases = [*PHASE_COLORS, "total"]
+    for i, lab in enumerate(labels):
+        xs = [p + (i - (len(labels) - 1) / 2) * width for p in range(len(phases))]
+        peaks = [cell.loc[(lab, ph), "peak_median_mb"] for ph in phases]
+        ax_m.bar(xs, peaks, width=width, label=lab, color=plt.cm.viridis(i / max(len(labels), 1)))
+    ax_m.set_xticks(range(len(phases)), phases)
+    _style(ax_m, "Peak memory per phase (median)", "", "MiB")
+    ax_m.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, paths)

@@ -32,11 +32,13 @@ from esr_lab import divergences, evaluate, selection
 from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
+from esr_lab.memory import PeakMemory
 from esr_lab.policy import Policy, load_policy
 from esr_lab.rollout import row_seed
 from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_vocab_size
 
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
+PHASES = ("generation", "teacher", "training")
 
 
 class TrainingDiverged(Exception):
@@ -155,6 +157,7 @@ class Trainer:
     eval_problems: list[Problem]
     shared_vocab: int
     timings: dict[str, float] = field(default_factory=dict)
+    peaks_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def model(self):
@@ -192,15 +195,17 @@ def setup(cfg: TrainConfig) -> Trainer:
 
 @contextmanager
 def phase(trainer: Trainer, name: str) -> Iterator[None]:
-    """Add the wall time of a block (GPU work included) to the step's timing of `name`."""
+    """Add a block's wall time (GPU work included) to the step's timing of `name`, and keep
+    the highest peak memory of its blocks (finding 8 reports both per phase)."""
     device = trainer.student.loaded.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    trainer.timings[name] = trainer.timings.get(name, 0.0) + time.perf_counter() - start
+    with PeakMemory(device) as peak:  # synchronises CUDA on entry and exit
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+    trainer.timings[name] = trainer.timings.get(name, 0.0) + elapsed
+    trainer.peaks_mb[name] = max(trainer.peaks_mb.get(name, 0.0), peak.mb)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -289,7 +294,7 @@ def per_position_loss(trainer, s_logits, t_logits, tokens_BT) -> torch.Tensor:
 def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     """One OPD/ESR update; returns the step's metrics."""
     cfg, device = trainer.cfg, trainer.student.loaded.device
-    trainer.timings = {}
+    trainer.timings, trainer.peaks_mb = {}, {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     problems, responses = rollout(trainer, step)
@@ -366,9 +371,7 @@ def _micro_step(trainer, step, s_batch, t_batch, rows, total_selected, totals) -
 
 
 def _step_metrics(trainer, step, totals, grad_norm, responses, device) -> dict[str, float]:
-    times = {
-        f"time_{k}_s": trainer.timings.get(k, 0.0) for k in ("generation", "teacher", "training")
-    }
+    times = {f"time_{k}_s": trainer.timings.get(k, 0.0) for k in PHASES}
     return {
         "step": step,
         "loss": totals["loss"],
@@ -379,7 +382,9 @@ def _step_metrics(trainer, step, totals, grad_norm, responses, device) -> dict[s
         "selected_tokens_mean": totals["selected"] / len(responses),
         **times,
         "time_total_s": sum(times.values()),
-        "peak_memory_mb": peak_memory_mb(device),
+        **{f"peak_{k}_mb": trainer.peaks_mb.get(k, 0.0) for k in PHASES},
+        # CUDA's counter was reset by each phase: the step's peak is the highest phase's.
+        "peak_memory_mb": max(peak_memory_mb(device), *trainer.peaks_mb.values()),
     }
 
 

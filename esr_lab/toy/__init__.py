@@ -65,16 +65,24 @@ def build_into(world: str, world_dir: pathlib.Path, seed: int = 0) -> dict:
     return facts
 
 
-def _cached_world(world: str) -> pathlib.Path:
-    """The cached world folder, built first (under a file lock) when missing."""
+def cached_world_dir(world: str) -> pathlib.Path:
+    """Where `world` is cached (whether or not it has been built yet)."""
     from esr_lab.toy.build import VERSION
 
-    world_dir = cache_root() / "toy" / f"{world}-v{VERSION}"
+    _check_world(world)
+    return cache_root() / "toy" / f"{world}-v{VERSION}"
+
+
+def _cached_world(world: str) -> pathlib.Path:
+    """The cached world folder, built first (under a file lock) when missing."""
+    world_dir = cached_world_dir(world)
     if _complete(world_dir):
         return world_dir
     world_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(world_dir) + ".lock"):
         if not _complete(world_dir):  # another process may have built it while we waited
+            for stale in world_dir.parent.glob(f".{world_dir.name}-*"):  # from killed builds
+                shutil.rmtree(stale, ignore_errors=True)
             build_into(world, world_dir)
     return world_dir
 

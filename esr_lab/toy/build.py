@@ -60,15 +60,15 @@ class WorldSpec:
 
 WORLDS: dict[str, WorldSpec] = {
     "toy": WorldSpec(
-        teacher=ModelSpec(128, 4, 4, 1500, 32, 3e-3, task.TEACHER_MIX),
-        student=ModelSpec(64, 2, 2, 500, 32, 3e-3, task.STUDENT_MIX),
+        teacher=ModelSpec(128, 4, 4, 750, 32, 3e-3, task.TEACHER_MIX),
+        student=ModelSpec(64, 2, 2, 400, 16, 3e-3, task.STUDENT_MIX),
         vocab_size=400,
         n_eval=N_TEST,
         max_new_tokens=400,
         threads=1,
     ),
     "micro": WorldSpec(
-        teacher=ModelSpec(32, 2, 2, 40, 16, 1e-2, task.TEACHER_MIX),
+        teacher=ModelSpec(32, 2, 2, 80, 16, 1e-2, task.TEACHER_MIX),
         student=ModelSpec(32, 2, 2, 20, 16, 1e-2, task.STUDENT_MIX),
         vocab_size=400,
         n_eval=8,
@@ -346,15 +346,16 @@ def _summary(facts: dict) -> str:
 
 
 def main() -> None:
-    """CLI: build a world into a folder (default: the shipped weights for 'toy')."""
+    """CLI: build a world into a folder (default: the shipped folder for 'toy', else the cache)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("world", choices=list(WORLDS))
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from esr_lab.toy import build_into
+    from esr_lab.toy import SHIPPED_DIR, build_into, cached_world_dir  # avoids an import cycle
 
-    out = args.out or (pathlib.Path(__file__).parent / "weights" / args.world)
+    shipped = SHIPPED_DIR / "toy" if args.world == "toy" else None
+    out = args.out or shipped or cached_world_dir(args.world)
     print(_summary(build_into(args.world, out, args.seed)))
 
 

@@ -1,13 +1,14 @@
 """The toy task: three-step integer arithmetic whose first tokens commit to a plan.
 
-A problem reads `Compute (a + b) * c - d * e.` Every solution opens with a plan sentence that
+A problem reads `Compute (a + b) * c + d * e.` Every solution opens with a plan sentence that
 settles how the two products are done, then executes it line by line and ends with
 `\\boxed{answer}`:
 
-- plan "split": each product is split into tens and ones (85 * 6 = 80 * 6 + 5 * 6 = 480 + 30),
-  so every step is a one-digit table fact or a short addition: slow but reliable;
-- plan "direct": each product is written down at once (85 * 6 = 510), a two-digit memory fact
-  that a small model gets wrong often, and the slip propagates to the boxed answer.
+- plan "split": each product is split into tens and ones (17 * 6 = 10 * 6 + 7 * 6 = 60 + 42)
+  and the final sum adds tens, then ones, so every step is a one-digit table fact or a short
+  addition: slow but reliable;
+- plan "direct": products and sum are written down at once (17 * 6 = 102), two-digit memory
+  facts that a small model gets wrong often, and the slip propagates to the boxed answer.
 
 Solutions come in two styles, "verbose" (a sentence per step) and "concise" (bare equations),
 whose first word differs, so style and plan are both fixed in the first few response tokens:
@@ -48,24 +49,22 @@ STUDENT_MIX = {
 
 
 def sample_numbers(rng: random.Random) -> tuple[int, int, int, int, int]:
-    """Draw (a, b, c, d, e) with a non-negative answer, so answers never carry a minus sign."""
-    while True:
-        a, b, d = rng.randint(2, 9), rng.randint(2, 9), rng.randint(11, 19)
-        c, e = rng.randint(3, 9), rng.randint(3, 9)
-        if (a + b) * c >= d * e:
-            return a, b, c, d, e
+    """Draw (a, b, c, d, e): one-digit a, b; two-digit d (11-19); one-digit factors c, e."""
+    a, b, d = rng.randint(2, 9), rng.randint(2, 9), rng.randint(11, 19)
+    c, e = rng.randint(3, 9), rng.randint(3, 9)
+    return a, b, c, d, e
 
 
 def problem_text(nums: tuple[int, int, int, int, int]) -> str:
     """The problem statement without instruction."""
     a, b, c, d, e = nums
-    return f"Compute ({a} + {b}) * {c} - {d} * {e}."
+    return f"Compute ({a} + {b}) * {c} + {d} * {e}."
 
 
 def answer_of(nums: tuple[int, int, int, int, int]) -> int:
     """The exact value of the expression."""
     a, b, c, d, e = nums
-    return (a + b) * c - d * e
+    return (a + b) * c + d * e
 
 
 def _split_product(x: int, y: int) -> str:
@@ -84,29 +83,38 @@ def _product_line(x: int, y: int, plan: str, style: str, step: int) -> str:
     return f"Step {step}: multiply {x} by {y}. {body}."
 
 
+def _sum_line(p: int, q: int, plan: str) -> str:
+    """The final addition; the split plan adds q's tens, then its ones."""
+    tens, ones = q - q % 10, q % 10
+    if plan == "direct" or ones == 0:
+        return f"{p} + {q} = {p + q}"
+    return f"{p} + {q} = {p} + {tens} + {ones} = {p + tens} + {ones} = {p + q}"
+
+
 def solution_text(nums: tuple[int, int, int, int, int], style: str, plan: str) -> str:
     """The full worked solution in the given style and plan, ending with the boxed answer."""
     a, b, c, d, e = nums
     s, p, q = a + b, (a + b) * c, d * e
+    products = [_product_line(s, c, plan, style, 2), _product_line(d, e, plan, style, 3)]
     if style == "concise":
-        lines = [
-            PLAN_OPENERS[style, plan],
-            f"{a} + {b} = {s}",
-            _product_line(s, c, plan, style, 2),
-            _product_line(d, e, plan, style, 3),
-            f"{p} - {q} = {p - q}",
-            f"The answer is \\boxed{{{p - q}}}.",
-        ]
-    else:
-        lines = [
+        return "\n".join(
+            [
+                PLAN_OPENERS[style, plan],
+                f"{a} + {b} = {s}",
+                *products,
+                _sum_line(p, q, plan),
+                f"The answer is \\boxed{{{p + q}}}.",
+            ]
+        )
+    return "\n".join(
+        [
             PLAN_OPENERS[style, plan],
             f"Step 1: add the numbers in the brackets. {a} + {b} = {s}.",
-            _product_line(s, c, plan, style, 2),
-            _product_line(d, e, plan, style, 3),
-            f"Step 4: subtract the second product from the first. {p} - {q} = {p - q}.",
-            f"So the final answer is \\boxed{{{p - q}}}.",
+            *products,
+            f"Step 4: add the two products. {_sum_line(p, q, plan)}.",
+            f"So the final answer is \\boxed{{{p + q}}}.",
         ]
-    return "\n".join(lines)
+    )
 
 
 def response_style(text: str) -> str:
@@ -148,7 +156,7 @@ def train_problems(
 ) -> list[tuple[int, int, int, int, int]]:
     """n problems from a named stream, skipping any whose text is in `exclude` (the test set).
 
-    Repeats are allowed: the problem space (~10^6) is large and dedup would cost time for nothing.
+    Repeats are allowed: the problem space (~28k) is small and dedup would cost time for nothing.
     """
     rng = random.Random(f"toy-{stream}-{seed}")
     out: list[tuple[int, int, int, int, int]] = []
