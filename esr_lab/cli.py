@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from esr_lab import presets
+from esr_lab import presets, toy
 from esr_lab.config import ModelPair, Sampling, default_max_new_tokens
 from esr_lab.errors import UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION
@@ -42,11 +42,13 @@ class ModelOptions:
     dtype: Annotated[str, _opt("auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")] = "auto"
     instruction: Annotated[str, _opt("Instruction after every problem.")] = DEFAULT_INSTRUCTION
     thinking: Annotated[bool, _opt("Qwen3 thinking mode in the chat template.")] = False
+    threads: Annotated[int | None, _opt("CPU torch threads [toy: 1; else torch's].", min=1)] = None
 
     def pair(self) -> ModelPair:
-        return ModelPair(
-            self.student, self.teacher, self.device, self.dtype, self.instruction, self.thinking
-        )
+        # Tiny toy models run fastest on one thread: their matrices are too small to split.
+        threads = self.threads or (1 if toy.is_toy_model(self.student) else None)
+        return ModelPair(self.student, self.teacher, self.device, self.dtype, self.instruction,
+                         self.thinking, threads)
 
 
 @dataclass
@@ -327,7 +329,6 @@ def profile_command(
     options: TrainOptions,
     ns: Annotated[str | None, _opt("ESR windows to profile against full OPD [paper: 100].")] = None,
     warmup: Annotated[int | None, _opt("Unmeasured steps before the measured --steps.")] = None,
-    threads: Annotated[int | None, _opt("CPU torch threads [toy: 1; default: torch's].")] = None,
 ) -> None:
     """Finding 8: per-phase wall time and peak memory of ESR(N) steps against full OPD."""
     from esr_lab.console import print_table
@@ -340,7 +341,6 @@ def profile_command(
         ns=parse_int_list(ns, "--ns") if ns else tuple(preset.get("ns", [base.n or 100])),
         steps=options.steps if options.steps is not None else preset.get("steps", 3),
         warmup=warmup if warmup is not None else preset.get("warmup", 1),
-        threads=threads or preset.get("threads"),
     )
     run_dir, summary = experiment.run(
         cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet

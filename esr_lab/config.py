@@ -25,6 +25,7 @@ class ModelPair:
     dtype: str = "auto"
     instruction: str = DEFAULT_INSTRUCTION
     enable_thinking: bool = False
+    threads: int | None = None  # CPU torch threads; None leaves torch's default
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from esr_lab.errors import UserError
+from esr_lab.toy import TOY_WORLDS
 from esr_lab.grading import extract_boxed
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-TOY_WORLDS = ("toy", "micro")
 PROBLEM_COLUMNS = ("problem", "question", "prompt")
 ANSWER_COLUMNS = ("answer", "expected_answer", "final_answer")
 SOLUTION_COLUMNS = ("solution",)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from esr_lab.config import ModelPair
 from esr_lab.models import LoadedModel, load_model
 from esr_lab.prompts import render_prompt
@@ -41,6 +43,8 @@ class Policy:
 def load_policy(name: str, pair: ModelPair, batch_size: int = 64) -> Policy:
     """Load `name` on the pair's device and dtype, rendering prompts as the pair says."""
     loaded = load_model(name, pair.device, pair.dtype)
+    if pair.threads and loaded.device.type == "cpu":
+        torch.set_num_threads(pair.threads)  # process-wide: the last model loaded sets it
     return Policy(
         loaded, TransformersEngine(loaded, batch_size), pair.instruction, pair.enable_thinking
     )

@@ -100,6 +100,7 @@ def test_micro_world_builds_into_cache_and_loads(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in (tmp_path / "toy").iterdir() if p.is_dir()) == [path.parent.name]
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
+    assert tok.padding_side == "right"  # sampling during the build must not leak into the save
     assert model.generation_config.eos_token_id == tok.eos_token_id
     assert model.generation_config.pad_token_id == tok.pad_token_id
     ids = tok(

@@ -7,11 +7,12 @@ memory 7.3/14.9, 7.2/8.9, 9.6/39.5 GB by phase, 24.1 vs 63.3 GB overall (2.6x le
 Every variant trains from the same student on the same prompts (step k reads the same slice of
 the seeded shuffle), so the only difference is where rollouts stop. Warm-up steps run first and
 are not measured (first-call allocations, kernel selection). On a CPU, tiny models run many
-times faster on one torch thread than on several contending for busy cores, so the toy presets
-set `threads = 1`. Times are medians with min-max over the measured steps; a step's total
-memory is the highest of its phases. On CPU, memory is the process's peak resident set (see
-`esr_lab.memory`); variants run one after another in one process, the cheapest first, so a
-later variant never inherits a larger one's freed pages.
+times faster on one torch thread than on several contending for busy cores, so toy students
+run on one thread (`--threads` in the model options). Times are medians with min-max over
+the measured steps; a step's total memory is the highest of its phases. On CPU, memory is
+the process's peak resident set (see `esr_lab.memory`); variants run one after another in
+one process, the cheapest first, so a later variant never inherits a larger one's freed
+pages.
 
 Command: esr-lab profile --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.7B --ns 100
          (no options: the toy world's preset)
@@ -24,7 +25,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from esr_lab import train
 from esr_lab.console import progress_bar
@@ -42,7 +42,6 @@ class ProfileConfig:
     ns: tuple[int, ...] = (100,)
     steps: int = 3
     warmup: int = 1
-    threads: int | None = None  # CPU torch threads; tiny models run far faster on one
 
     def variants(self) -> list[TrainConfig]:
         """ESR for each N (smallest first), then full OPD; every bad value a one-line error."""
@@ -130,8 +129,6 @@ def run(
 ) -> tuple[RunDir, pd.DataFrame]:
     """Profile every variant; writes steps.parquet, summary.parquet and profile.png."""
     variants = cfg.variants()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     config = dict(asdict(cfg), variants=[v.label for v in variants])
     run_dir = open_run(results_dir, "profile", config, run_id)
     rows = []

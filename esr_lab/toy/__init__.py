@@ -59,6 +59,7 @@ def build_into(world: str, world_dir: pathlib.Path, seed: int = 0) -> dict:
         facts = build_world(world, tmp, seed=seed)
         if world_dir.exists():
             shutil.rmtree(world_dir)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide shipped weights from other users
         tmp.rename(world_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -68,10 +68,13 @@ def answer_of(nums: tuple[int, int, int, int, int]) -> int:
 
 
 def _split_product(x: int, y: int) -> str:
-    """`x * y = tens * y + ones * y = p + q = x*y` (just `x * y = x*y` when x has no ones)."""
+    """`x * y = tens * y + ones * y = p + q = x*y`; a round x needs no split.
+
+    A one-digit x is still written as `0 * y + x * y`: the shipped weights learnt that form.
+    """
     tens, ones = x - x % 10, x % 10
     if ones == 0:
-        return f"{x} * {y} = {tens * y}"
+        return f"{x} * {y} = {x * y}"
     return f"{x} * {y} = {tens} * {y} + {ones} * {y} = {tens * y} + {ones * y} = {x * y}"
 
 
