@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from esr_lab.errors import UserError
-from esr_lab.toy import TOY_WORLDS
 from esr_lab.grading import extract_boxed
+from esr_lab.toy import TOY_WORLDS
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 PROBLEM_COLUMNS = ("problem", "question", "prompt")
