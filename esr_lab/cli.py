@@ -18,7 +18,7 @@ import typer
 
 from esr_lab import presets, toy
 from esr_lab.config import ModelPair, Sampling, default_max_new_tokens
-from esr_lab.errors import UserError
+from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION
 
 app = typer.Typer(
@@ -349,6 +349,24 @@ def profile_command(
     typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'profile.png'}")
 
 
+@app.command("plot")
+def plot_command(
+    results_dir: Annotated[Path, _opt("Results folder to read.")] = Path("results"),
+    out: Annotated[Path, _opt("Folder for the figures.")] = Path("figures"),
+) -> None:
+    """Rebuild every figure from saved results alone (no model is loaded)."""
+    from esr_lab import figures
+
+    written = figures.rebuild_all(results_dir, out)
+    if not written:
+        raise UserError(
+            f"no finished runs in '{results_dir}' to plot; run an experiment first "
+            "(e.g. esr-lab decay) or pass --results-dir"
+        )
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
 @app.command("build-toy")
 def build_toy(
     world: Annotated[str, typer.Argument(help="toy or micro.")] = "toy",
@@ -365,8 +383,6 @@ def build_toy(
 
 def main() -> None:
     """Console entry point: one line and exit 2 for every user mistake."""
-    from esr_lab.train import TrainingDiverged
-
     try:
         app(standalone_mode=False)
     except typer.Exit as stop:

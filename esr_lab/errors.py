@@ -7,3 +7,7 @@ keeps its traceback.
 
 class UserError(Exception):
     """Bad input: the message names the bad value and what would be accepted."""
+
+
+class TrainingDiverged(Exception):
+    """The loss or gradient went NaN/inf; the last good checkpoint is kept."""

@@ -7,6 +7,7 @@ give byte-identical PNGs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -201,3 +202,30 @@ def plot_profile(summary: pd.DataFrame, paths: list[Path]) -> None:
     ax_m.legend(loc="lower right")
     fig.tight_layout()
     _save(fig, paths)
+
+
+# `esr-lab plot`: experiment folder -> (figure file, the run table it reads, its plot function).
+# The paper-finding modules call the same functions when their run ends.
+FIGURES: dict[str, tuple[str, str, Callable[[pd.DataFrame, list[Path]], None]]] = {
+    "decay": ("decay.png", "summary.parquet", plot_decay),
+    "sweep_n": ("sweep_n.png", "summary.parquet", plot_sweep_n),
+    "select": ("select.png", "summary.parquet", plot_select),
+    "profile": ("profile.png", "summary.parquet", plot_profile),
+}
+
+
+def latest_run(folder: Path, table: str) -> Path | None:
+    """The most recently finished run (the newest `table`) in `folder`."""
+    tables = list(folder.glob(f"*/{table}"))
+    return max(tables, key=lambda p: p.stat().st_mtime_ns).parent if tables else None
+
+
+def rebuild_all(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Every figure whose experiment has a complete run in `results_dir`, drawn into `out_dir`."""
+    written = []
+    for experiment, (name, table, plot) in FIGURES.items():
+        run = latest_run(Path(results_dir) / experiment, table)
+        if run is not None:
+            plot(pd.read_parquet(run / table), [Path(out_dir) / name])
+            written.append(Path(out_dir) / name)
+    return written

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from esr_lab import divergences, evaluate, selection
 from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.data import Problem, load_problems
-from esr_lab.errors import UserError
+from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.memory import PeakMemory
 from esr_lab.policy import Policy, load_policy
 from esr_lab.rollout import row_seed
@@ -39,10 +39,6 @@ from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_v
 
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
 PHASES = ("generation", "teacher", "training")
-
-
-class TrainingDiverged(Exception):
-    """The loss or gradient went NaN/inf; the last good checkpoint is kept."""
 
 
 @dataclass(frozen=True)

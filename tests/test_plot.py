@@ -1,0 +1,71 @@
+"""`esr-lab plot`: figures from saved results alone, byte-stable, without importing torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from esr_lab.figures import latest_run, rebuild_all
+from esr_lab.records import open_run, write_table
+
+
+def decay_summary(run_id: str, teacher: float) -> pd.DataFrame:
+    rows = [("teacher_alone", 0, teacher), ("student_alone", None, 0.2)]
+    rows += [("teacher_from_prefix", k, teacher - k / 1000) for k in (0, 100, 300)]
+    frame = pd.DataFrame(
+        [(run_id, c, k, a, a - 0.05, a + 0.05, 10, 40) for c, k, a in rows],
+        columns=[
+            "run_id",
+            "condition",
+            "prefix_tokens",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "n_problems",
+            "n_samples",
+        ],
+    )
+    return frame.astype({"prefix_tokens": "Int64"})
+
+
+def make_results(root: Path) -> Path:
+    for run_id, teacher in (("old", 0.5), ("new", 0.8)):
+        run = open_run(root, "decay", {"teacher": teacher}, run_id)
+        write_table(run.path / "summary.parquet", decay_summary(run_id, teacher), "decay_summary")
+    return root
+
+
+def test_plot_is_byte_stable_and_takes_the_newest_run(tmp_path):
+    results = make_results(tmp_path / "results")
+    assert latest_run(results / "decay", "summary.parquet").name == "new"
+    first = rebuild_all(results, tmp_path / "a")
+    second = rebuild_all(results, tmp_path / "b")
+    assert [p.name for p in first] == ["decay.png"]
+    assert first[0].read_bytes() == second[0].read_bytes()
+
+
+def test_plot_command_never_imports_torch(tmp_path):
+    results = make_results(tmp_path / "results")
+    code = (
+        "import sys; from esr_lab.cli import main; sys.argv = ['esr-lab', 'plot', "
+        f"'--results-dir', {str(results)!r}, '--out', {str(tmp_path / 'fig')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+        "assert 'torch' not in sys.modules, 'plot imported torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "fig" / "decay.png").is_file()
+
+
+def test_plot_with_no_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from esr_lab import cli
+
+    monkeypatch.setattr(sys, "argv", ["esr-lab", "plot", "--results-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2
+    assert "no finished runs" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
