@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from filelock import FileLock
 
 from esr_lab import train
 from esr_lab.console import progress_bar
@@ -95,13 +96,27 @@ def run(
     show_progress: bool = True,
     experiment: str = "train",
 ) -> tuple[RunDir, pd.DataFrame]:
-    """Train (or resume) one run; returns its run folder and its summary row."""
+    """Train (or resume) one run; returns its run folder and its summary row.
+
+    A named run is trained under a file lock, so two experiments running side by side that
+    share a run (same config, same id) train it once: the second waits, then reuses it.
+    """
     cfg = cfg.resolved()
+    train.check_inputs(cfg)  # bad input fails here, before anything is written
+    if run_id is None:
+        return _run(cfg, results_dir, run_id, show_progress, experiment)
+    folder = Path(results_dir) / experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f".{run_id}.lock")):
+        return _run(cfg, results_dir, run_id, show_progress, experiment)
+
+
+def _run(cfg, results_dir, run_id, show_progress, experiment) -> tuple[RunDir, pd.DataFrame]:
     finished = Path(results_dir) / experiment / str(run_id) / "summary.parquet"
     if run_id is not None and finished.is_file():  # nothing left to do: no models to load
         run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
         return run_dir, pd.read_parquet(finished)
-    trainer = train.setup(cfg)  # loads data and models first: bad input writes nothing
+    trainer = train.setup(cfg)
     run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
     start, steps, evals, samples = restore(trainer, run_dir)
     with progress_bar(show_progress) as bar:

@@ -33,9 +33,11 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.memory import PeakMemory
+from esr_lab.models import load_tokenizer
 from esr_lab.policy import Policy, load_policy
 from esr_lab.rollout import row_seed
 from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_vocab_size
+from esr_lab.toy import TOY_WORLDS
 
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
 PHASES = ("generation", "teacher", "training")
@@ -160,14 +162,22 @@ class Trainer:
         return self.student.loaded.model
 
 
+def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
+    """Training prompts (a toy world's own train split) and evaluation problems."""
+    split = "train" if cfg.train_dataset in TOY_WORLDS else None
+    train_problems = load_problems(cfg.train_dataset, limit=cfg.train_limit, split=split)
+    return train_problems, load_problems(cfg.eval_dataset, limit=cfg.eval_limit)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Fail on a missing dataset or model, or mismatched vocabularies, without loading weights."""
+    load_datasets(cfg)
+    shared_vocab_size(load_tokenizer(cfg.pair.student), load_tokenizer(cfg.pair.teacher))
+
+
 def setup(cfg: TrainConfig) -> Trainer:
     """Load data and both models, wrap the student for LoRA or full fine-tuning."""
-    train_problems = load_problems(
-        cfg.train_dataset,
-        limit=cfg.train_limit,
-        split="train" if cfg.train_dataset in ("toy", "micro") else None,
-    )
-    eval_problems = load_problems(cfg.eval_dataset, limit=cfg.eval_limit)
+    train_problems, eval_problems = load_datasets(cfg)
     student = load_policy(cfg.pair.student, cfg.pair)
     teacher = load_policy(cfg.pair.teacher, cfg.pair)
     shared = shared_vocab_size(student.tokenizer, teacher.tokenizer)

@@ -30,6 +30,7 @@ def run_variants(
 ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Train every variant; returns the parent run, the summaries, and all evaluations."""
     config = dict(config, variant_runs=[variant_run_id(v) for v in variants])
+    train.check_inputs(variants[0].resolved())  # bad input fails before anything is written
     parent = open_run(results_dir, experiment, config, run_id)
     summaries, evals = [], []
     for index, variant in enumerate(variants, start=1):
