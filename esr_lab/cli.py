@@ -349,6 +349,214 @@ def profile_command(
     typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'profile.png'}")
 
 
+def preset_values(student: str, command: str, preset: str | None, **given) -> dict:
+    """Options given on the command line, else the preset's; the rest stay Config defaults."""
+    chosen = presets.defaults_for(student, command, preset)
+    return {**chosen, **{k: v for k, v in given.items() if v is not None}}
+
+
+ScanDataset = Annotated[str | None, _opt("Prompts [default: toy world's train split / math500].")]
+ScanRollouts = Annotated[int | None, _opt("Student rollouts scanned [paper: 1000].")]
+ScanPreset = Annotated[str | None, _opt("A preset in experiments/ (toy, paper-qwen, ...).")]
+BinWidth = Annotated[int | None, _opt("Position bin width, tokens [paper: 50; toy: 10].")]
+
+
+@app.command("positions")
+@with_options
+def positions_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    dataset: ScanDataset = None,
+    rollouts: ScanRollouts = None,
+    bin_width: BinWidth = None,
+    window: Annotated[int | None, _opt("ESR window to shade [default: the preset's N].")] = None,
+    preset: ScanPreset = None,
+) -> None:
+    """Finding 4: per-position reverse KL, student and teacher entropy of student rollouts."""
+    from esr_lab.experiments import positions as experiment
+
+    n = presets.defaults_for(models.student, "train", preset).get("n", 100)
+    values = preset_values(
+        models.student, "positions", preset, rollouts=rollouts, bin_width=bin_width
+    )
+    cfg = experiment.PositionsConfig(
+        pair=models.pair(), sampling=sampling.sampling(models.student), dataset=dataset,
+        window=window or n, seed=run.seed, **values,
+    )
+    run_dir, bins = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    experiment.print_summary(bins, run_dir)
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'positions.png'}")
+
+
+@app.command("suggest-n")
+@with_options
+def suggest_n_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    dataset: ScanDataset = None,
+    rollouts: ScanRollouts = None,
+    threshold: Annotated[float | None, _opt("Share of the total KL the window holds.")] = None,
+    preset: ScanPreset = None,
+) -> None:
+    """Finding 10: pick N where the first N positions hold 45% of the rollouts' KL."""
+    from esr_lab.experiments import suggest_n as experiment
+
+    values = preset_values(
+        models.student, "suggest_n", preset, rollouts=rollouts, threshold=threshold
+    )
+    cfg = experiment.SuggestConfig(
+        pair=models.pair(), sampling=sampling.sampling(models.student), dataset=dataset,
+        seed=run.seed, **values,
+    )
+    run_dir, curve, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    experiment.print_summary(curve, summary, run_dir)
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'suggest_n.png'}")
+
+
+@app.command("tokens")
+@with_options
+def tokens_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    dataset: ScanDataset = None,
+    rollouts: ScanRollouts = None,
+    edges: Annotated[str | None, _opt("Position bin edges [paper: 0,5,20,50,100,200].")] = None,
+    min_count: Annotated[int | None, _opt("Occurrences for a top token [paper: 50].")] = None,
+    top: Annotated[int, _opt("How many highest-KL tokens to list.")] = 20,
+    categories: Annotated[Path | None, _opt("TOML file of category = \"regex\" lines.")] = None,
+    preset: ScanPreset = None,
+) -> None:
+    """Finding 11: mean KL by token category x position bin, and the highest-KL tokens."""
+    from esr_lab.experiments import tokens as experiment
+
+    values = preset_values(
+        models.student, "tokens", preset, rollouts=rollouts, min_count=min_count,
+        edges=parse_int_list(edges, "--edges") if edges else None,
+        categories=experiment.read_categories(categories) if categories else None,
+    )
+    values["edges"] = tuple(values.get("edges", experiment.PAPER_EDGES))
+    cfg = experiment.TokensConfig(
+        pair=models.pair(), sampling=sampling.sampling(models.student), dataset=dataset,
+        top=top, seed=run.seed, **values,
+    )
+    run_dir, cells, top_tokens = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    experiment.print_summary(cells, top_tokens, run_dir, cfg.min_count)
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'tokens.png'}")
+
+
+EsrCheckpoint = Annotated[
+    str | None, _opt("ESR adapter folder from esr-lab train (trained with --n) [default: train].")
+]
+
+
+@app.command("cascade")
+@with_options
+def cascade_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    n: Annotated[int | None, _opt("ESR window, tokens [paper: 100].")] = None,
+    esr_checkpoint: EsrCheckpoint = None,
+    dataset: ScanDataset = None,
+    rollouts: ScanRollouts = None,
+    bin_width: BinWidth = None,
+) -> None:
+    """Finding 5: per-position KL before and after ESR training; the gap closed past N."""
+    from esr_lab.experiments import cascade as experiment
+
+    values = preset_values(
+        models.student, "cascade", options.preset, rollouts=rollouts, bin_width=bin_width
+    )
+    cfg = experiment.CascadeConfig(
+        base=options.config(models, sampling, run, n=n, selector="first_n"),
+        esr_checkpoint=esr_checkpoint, dataset=dataset, **values,
+    )
+    run_dir, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    experiment.print_summary(summary, run_dir)
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'cascade.png'}")
+
+
+@app.command("submode")
+@with_options
+def submode_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    n: Annotated[int | None, _opt("ESR window, tokens [paper: 100].")] = None,
+    esr_checkpoint: EsrCheckpoint = None,
+    full_checkpoint: Annotated[
+        str | None, _opt("Full-OPD adapter folder from esr-lab train --full [default: train].")
+    ] = None,
+    dataset: ScanDataset = None,
+    rollouts: ScanRollouts = None,
+    top_fraction: Annotated[float, _opt("Share of highest-KL positions examined.")] = 0.1,
+) -> None:
+    """Finding 7: sub-mode commitment on top-KL positions, and response lengths, per model."""
+    from esr_lab.experiments import submode as experiment
+
+    values = preset_values(models.student, "submode", options.preset, rollouts=rollouts)
+    cfg = experiment.SubmodeConfig(
+        base=options.config(models, sampling, run, n=n, selector="first_n"),
+        esr_checkpoint=esr_checkpoint, full_checkpoint=full_checkpoint, dataset=dataset,
+        top_fraction=top_fraction, **values,
+    )
+    run_dir, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    experiment.print_summary(summary, run_dir, cfg.top_fraction)
+    typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'submode.png'}")
+
+
+@app.command("reproduce")
+def reproduce_command(
+    preset: Annotated[str, _opt("Preset in experiments/: toy, paper-qwen, paper-gemma.")] = "toy",
+    student: Annotated[str | None, _opt("Student [toy: toy-student; paper: required].")] = None,
+    teacher: Annotated[str | None, _opt("Teacher [toy: toy-teacher; paper: required].")] = None,
+    only: Annotated[str | None, _opt("Comma-separated steps to run (default: all).")] = None,
+    results_dir: Annotated[Path, _opt("Where run folders are written.")] = Path("results"),
+    figures_dir: Annotated[Path, _opt("Where figures are written.")] = Path("figures"),
+    quiet: Annotated[bool, _opt("No progress bars.")] = False,
+) -> None:
+    """Every experiment in order on one pair; resumable (rerun the same command)."""
+    from esr_lab.experiments import reproduce
+
+    presets.load_preset(preset)  # an unknown preset fails before any work
+    if preset not in toy.TOY_WORLDS and not (student and teacher):
+        raise UserError(f"--preset {preset} needs --student and --teacher (hub ids or folders)")
+    world = preset if preset in toy.TOY_WORLDS else None
+    student = student or f"{world}-student"
+    teacher = teacher or f"{world}-teacher"
+    commands = typer.main.get_command(app).commands
+
+    def invoke(step: str) -> None:
+        args = [step, "--student", student, "--teacher", teacher, "--run-id",
+                f"reproduce-{preset}", "--results-dir", str(results_dir),
+                "--figures-dir", str(figures_dir)]
+        names = {p.name for p in commands[step].params}
+        args += ["--preset", preset] if "preset" in names and world is None else []
+        args += ["--quiet"] if quiet else []
+        app(args, standalone_mode=False)
+
+    reproduce.run(reproduce.pick_steps(only), invoke)
+    from esr_lab import figures
+
+    for path in figures.rebuild_all(results_dir, figures_dir):
+        typer.echo(f"figure: {path}")
+
+
 @app.command("plot")
 def plot_command(
     results_dir: Annotated[Path, _opt("Results folder to read.")] = Path("results"),

@@ -204,6 +204,134 @@ def plot_profile(summary: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
+MIN_BIN_TOKENS = 10  # position bins with fewer tokens are noise; tables keep them, plots don't
+ENTROPY_S_COLOR, ENTROPY_T_COLOR = "#d62728", "#1f77b4"
+KL_COLOR, WINDOW_COLOR = "#2ca02c", "#fff2cc"
+
+
+def _shade_window(ax: plt.Axes, window: int, label: str) -> None:
+    ax.axvspan(0, window, color=WINDOW_COLOR, alpha=0.8, zorder=0, label=label)
+
+
+def plot_positions(bins: pd.DataFrame, paths: list[Path]) -> None:
+    """Per-position student/teacher entropy and reverse KL, ESR window shaded (finding 4)."""
+    kept = bins[bins.tokens >= MIN_BIN_TOKENS]
+    x = (kept.bin_start + kept.bin_end) / 2
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _shade_window(ax, int(bins.window.iloc[0]), f"ESR window (0-{int(bins.window.iloc[0])})")
+    ax.plot(x, kept.student_entropy, color=ENTROPY_S_COLOR, lw=2, label="student entropy $H_s$")
+    ax.plot(x, kept.teacher_entropy, color=ENTROPY_T_COLOR, lw=2, label="teacher entropy $H_t$")
+    kl_ax = ax.twinx()
+    kl_ax.plot(x, kept.reverse_kl, "--", color=KL_COLOR, lw=2, label="reverse KL(student||teacher)")
+    kl_ax.set_ylabel("reverse KL (nats)", color=KL_COLOR)
+    kl_ax.tick_params(axis="y", colors=KL_COLOR)
+    kl_ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    _style(ax, "Per-position signal of student rollouts", "token position in response",
+           "entropy (nats)")
+    handles = ax.get_legend_handles_labels()[0] + kl_ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper right")
+    fig.tight_layout()
+    _save(fig, paths)
+
+
+def plot_cascade(bins: pd.DataFrame, paths: list[Path]) -> None:
+    """Per-position KL before and after ESR training, trained window shaded (finding 5)."""
+    from esr_lab.analysis import cascade_summary
+
+    window = int(bins.window.iloc[0])
+    kept = bins[bins.tokens >= MIN_BIN_TOKENS]
+    wide = kept.pivot(index="bin_start", columns="model", values="reverse_kl").dropna()
+    ends = kept.groupby("bin_start").bin_end.first().loc[wide.index]
+    x = (wide.index + ends) / 2
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    _shade_window(ax, window, f"trained positions (0-{window})")
+    ax.fill_between(x, wide.base, wide.esr, color="#cfe2ff", alpha=0.7, label="KL gap closed")
+    ax.plot(x, wide.base, "o-", color=CURVE_COLOR, lw=2.5, label="base student vs teacher")
+    ax.plot(x, wide.esr, "s-", color=ESR_COLOR, lw=2.5, label="ESR-trained student vs teacher")
+    summary = cascade_summary(bins, window).set_index("region")
+    if "untrained" in summary.index:
+        ax.annotate(
+            f"untrained positions {window}+: KL {summary.closed_pct['untrained']:+.0f}% closed",
+            xy=(0.45, 0.6), xycoords="axes fraction", color="#2459d8", fontweight="bold",
+        )
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    _style(ax, "Train only the early window (ESR): KL drops past it (cascade)",
+           "token position", "mean per-position reverse KL")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    _save(fig, paths)
+
+
+def plot_submode(summary: pd.DataFrame, paths: list[Path]) -> None:
+    """Where the student's argmax sits in the teacher's ranking on the top-KL positions, and
+    response lengths, per model (finding 7)."""
+    students = summary[summary.positions.notna()]
+    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    left = [0.0] * len(students)
+    parts = (("teacher_top1_pct", "= teacher top-1", ESR_COLOR),
+             ("teacher_top2_5_pct", "in teacher top 2-5", SELECT_COLOR),
+             ("outside_top5_pct", "outside teacher top 5", CURVE_COLOR))
+    for column, label, color in parts:
+        ax_r.barh(students.model, students[column], left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, students[column], strict=True)]
+    for y, prob in enumerate(students.top1_prob):
+        ax_r.annotate(f"top-1 p {prob:.2f}", (101, y), va="center", fontsize=9,
+                      annotation_clip=False)
+    _style(ax_r, "Student argmax on the top-KL positions", "% of positions", "")
+    ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8)
+    ys = range(len(summary))
+    ax_l.hlines(ys, summary.length_p10, summary.length_p90, color=STUDENT_COLOR, lw=6, alpha=0.5,
+                label="p10-p90")
+    ax_l.plot(summary.length_p50, ys, "|", color="black", markersize=16, label="median")
+    ax_l.plot(summary.length_mean, ys, "D", color=CURVE_COLOR, label="mean")
+    ax_l.set_yticks(list(ys), summary.model)
+    _style(ax_l, "Response length", "tokens", "")
+    ax_l.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, paths)
+
+
+def plot_tokens(cells: pd.DataFrame, paths: list[Path]) -> None:
+    """Mean reverse KL per token category x position bin, as a heatmap (finding 11)."""
+    grid = cells.pivot(index="category", columns="bin_start", values="mean_kl")
+    labels = cells.drop_duplicates("bin_start").set_index("bin_start").position_bin
+    fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 3, 0.5 * grid.shape[0] + 1.8))
+    image = ax.imshow(grid.values, cmap="viridis", aspect="auto")
+    for (i, j), value in pd.DataFrame(grid.values).stack().items():
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white", fontsize=8)
+    ax.set_xticks(range(grid.shape[1]), [labels[s] for s in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.set_xlabel("token position bin")
+    ax.set_title("Mean reverse KL by token category and position")
+    fig.colorbar(image, ax=ax, label="reverse KL (nats)")
+    fig.tight_layout()
+    _save(fig, paths)
+
+
+def plot_suggest_n(curve: pd.DataFrame, paths: list[Path]) -> None:
+    """Cumulative share of the trajectory's KL by position, and the N it suggests (finding 10)."""
+    from esr_lab.analysis import pick_n
+
+    threshold = float(curve.threshold.iloc[0])
+    n = pick_n(curve, threshold)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(curve.position + 1, curve.cumulative_share * 100, color=ESR_COLOR, lw=2.5,
+            label="cumulative KL share of positions < N")
+    ax.axhline(threshold * 100, linestyle="--", color=STUDENT_COLOR, lw=1.5,
+               label=f"threshold {threshold * 100:.0f}%")
+    ax.axvline(n, linestyle=":", color=CURVE_COLOR, lw=2, label=f"suggested N = {n}")
+    ax.set_ylim(0, 101)
+    ax.set_xlim(left=0)
+    _style(ax, "Choosing N from a pre-training scan", "N (response tokens)",
+           "share of total reverse KL (%)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, paths)
+
+
 # `esr-lab plot`: experiment folder -> (figure file, the run table it reads, its plot function).
 # The paper-finding modules call the same functions when their run ends.
 FIGURES: dict[str, tuple[str, str, Callable[[pd.DataFrame, list[Path]], None]]] = {
@@ -211,6 +339,11 @@ FIGURES: dict[str, tuple[str, str, Callable[[pd.DataFrame, list[Path]], None]]] 
     "sweep_n": ("sweep_n.png", "summary.parquet", plot_sweep_n),
     "select": ("select.png", "summary.parquet", plot_select),
     "profile": ("profile.png", "summary.parquet", plot_profile),
+    "positions": ("positions.png", "bins.parquet", plot_positions),
+    "cascade": ("cascade.png", "bins.parquet", plot_cascade),
+    "submode": ("submode.png", "summary.parquet", plot_submode),
+    "tokens": ("tokens.png", "categories.parquet", plot_tokens),
+    "suggest_n": ("suggest_n.png", "curve.parquet", plot_suggest_n),
 }
 
 

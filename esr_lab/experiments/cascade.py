@@ -1,0 +1,151 @@
+"""Finding 5, the cascade: training only the first N positions (ESR) lowers the student's KL
+to the teacher at the later, untrained positions too.
+
+Claim (PAPER.md, ESR-100, Qwen2.5-Math-1.5B -> Qwen3-1.7B, bins ~50 wide up to ~700): KL on the
+trained window drops by about half, and on the untrained positions 100+ by 30-40%
+(`paper_kl_cascade_curves.png`). Each student is scored on its own rollouts (same seeds), as in
+training; the gap closed per region is 100 * (base - trained) / base of the token-weighted mean
+KL there, a bin counting as trained when it starts before N.
+
+The trained student is `--esr-checkpoint` (an adapter folder from `esr-lab train`, trained with
+`--n`), or else an ESR(N) run trained here with the preset's settings under its
+content-addressed id in `<results>/runs/`, so `sweep-n` and `submode` share it. A trained run's
+final checkpoint is used: "after training", independent of noisy per-step evaluations.
+
+Command: esr-lab cascade --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.7B --n 100
+         --bin-width 50 [--esr-checkpoint results/train/<run>/checkpoints/step-000200/model]
+         (no options: the toy world's preset)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from esr_lab import analysis, loop, train
+from esr_lab.config import ModelPair
+from esr_lab.console import print_table
+from esr_lab.errors import UserError
+from esr_lab.experiments.common import train_variant
+from esr_lab.experiments.evaluation import check_adapter, load_adapter
+from esr_lab.experiments.positions import check_rollouts, tagged_bins
+from esr_lab.figures import plot_cascade
+from esr_lab.models import resolve_model_source
+from esr_lab.policy import Policy, load_policy
+from esr_lab.records import RunDir, open_run, write_table
+from esr_lab.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    base: TrainConfig = field(default_factory=TrainConfig)  # pair, sampling, seed, N, training
+    esr_checkpoint: str | None = None
+    dataset: str | None = None  # None: the toy world's training prompts, else math500
+    rollouts: int = 1000
+    bin_width: int = 50
+    batch_size: int = 64
+
+    def check(self) -> None:
+        check_rollouts(self.rollouts)
+        analysis.check_bin_width(self.bin_width)
+        esr = replace(self.base, selector="first_n").resolved()
+        check_checkpoint(self.esr_checkpoint, esr, "--esr-checkpoint")
+
+
+def check_checkpoint(adapter: str | None, cfg: TrainConfig, option: str) -> None:
+    """A given adapter must be a LoRA folder trained on this very student; with none, the run
+    that would be trained must have its data and models."""
+    if adapter is None:
+        train.check_inputs(cfg)
+        return
+    check_adapter(adapter)
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    trained_on = str(config.get("base_model_name_or_path"))
+    student = resolve_model_source(cfg.pair.student)
+    if _canonical(trained_on) != _canonical(student):
+        raise UserError(
+            f"{option} '{adapter}' was trained on '{trained_on}', not on the student "
+            f"'{cfg.pair.student}' ({student}); pass its student with --student, or a checkpoint "
+            "of this one"
+        )
+
+
+def _canonical(source: str) -> str:
+    return os.path.realpath(source) if Path(source).exists() else source
+
+
+def trained_adapter(
+    cfg: TrainConfig, adapter: str | None, results_dir: Path, show_progress: bool
+) -> str:
+    """The given adapter folder, or the final checkpoint of `cfg` trained (or reused) now."""
+    if adapter is not None:
+        return adapter
+    run_dir, _ = train_variant(cfg, results_dir, show_progress)
+    return str(loop.checkpoint_dir(run_dir, cfg.steps) / "model")
+
+
+def trained_policy(pair: ModelPair, adapter: str, batch_size: int) -> Policy:
+    """The student with a LoRA adapter on top."""
+    policy = load_policy(pair.student, pair, batch_size)
+    load_adapter(policy, adapter)
+    return policy
+
+
+def run(
+    cfg: CascadeConfig,
+    results_dir: Path = Path("results"),
+    figures_dir: Path = Path("figures"),
+    run_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[RunDir, pd.DataFrame]:
+    """Train (or take) ESR, scan base and trained students, bin, summarise, plot."""
+    cfg.check()
+    esr_cfg = replace(cfg.base, selector="first_n")
+    adapter = trained_adapter(esr_cfg, cfg.esr_checkpoint, results_dir, show_progress)
+    pair, window = cfg.base.pair, cfg.base.n
+    problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
+    student, teacher = analysis.load_pair(pair, cfg.batch_size)
+    run_dir = open_run(results_dir, "cascade", dict(asdict(cfg), esr_adapter=adapter), run_id)
+    frames = []
+    for model in ("base", "esr"):
+        if model == "esr":
+            load_adapter(student, adapter)
+        scan = analysis.scan(
+            student,
+            teacher,
+            problems,
+            cfg.rollouts,
+            cfg.base.sampling,
+            cfg.base.seed,
+            show_progress,
+            label=f"{model} student",
+        )
+        frames.append(tagged_bins(scan.tokens, cfg.bin_width, model, window, run_dir.run_id))
+    bins = pd.concat(frames, ignore_index=True)
+    write_table(run_dir.path / "bins.parquet", bins, "position_bins")
+    summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
+    summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
+    write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
+    plot_cascade(bins, [figures_dir / "cascade.png", run_dir.path / "cascade.png"])
+    return run_dir, summary
+
+
+def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
+    window = int(summary.window.iloc[0])
+    shown = pd.DataFrame(
+        {
+            "positions": summary.region.map(
+                {"trained": f"trained 0-{window - 1}", "untrained": f"untrained {window}+"}
+            ),
+            "base KL": summary.base_kl,
+            "ESR KL": summary.trained_kl,
+            "gap closed %": summary.closed_pct,
+        }
+    )
+    print_table(
+        shown, f"Cascade: KL to the teacher before and after ESR-{window}, run {run_dir.run_id}"
+    )

@@ -1,0 +1,124 @@
+"""Finding 7, sub-mode commitment: after training, on the 10% highest-KL positions of its own
+rollouts, how confident is the student and where does its argmax sit in the teacher's ranking;
+and how long are the responses of each model.
+
+Claim (PAPER.md, Qwen2.5-Math-1.5B -> Qwen3-1.7B): top-1 prob / = teacher top-1 / in teacher
+top 2-5 / outside top 5: base 0.71 / 28.6% / 59.8% / 11.5%; full OPD 0.77 / 45.7% / 44.6% /
+9.7%; ESR 0.79 / 41.9% / 47.4% / 10.7%. Lengths p10/p50/p90/mean: base 400/860/1500/990,
+teacher 700/1150/1800/1210, full OPD 1190/1530/1770/1480, ESR 190/380/800/460. Both trainings
+commit the student more often to the teacher's mode; full OPD's answers grow long, ESR's short.
+
+The trained students are `--esr-checkpoint` and `--full-checkpoint` (adapter folders from
+`esr-lab train`), or runs trained here with the preset's settings, shared with `sweep-n` and
+`cascade` through their content-addressed ids; a trained run's final checkpoint is used.
+
+Command: esr-lab submode --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.7B --n 100
+         [--esr-checkpoint DIR --full-checkpoint DIR]   (no options: the toy world's preset)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from esr_lab import analysis
+from esr_lab.console import print_table
+from esr_lab.experiments.cascade import check_checkpoint, trained_adapter, trained_policy
+from esr_lab.experiments.positions import check_rollouts
+from esr_lab.figures import plot_submode
+from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
+from esr_lab.train import TrainConfig
+
+MODELS = ("base", "teacher", "full", "esr")  # the paper's row order
+
+
+@dataclass(frozen=True)
+class SubmodeConfig:
+    base: TrainConfig = field(default_factory=TrainConfig)  # pair, sampling, seed, N, training
+    esr_checkpoint: str | None = None
+    full_checkpoint: str | None = None
+    dataset: str | None = None  # None: the toy world's training prompts, else math500
+    rollouts: int = 1000
+    top_fraction: float = 0.1
+    batch_size: int = 64
+
+    def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
+        """Each trained student's config and given checkpoint, checked."""
+        check_rollouts(self.rollouts)
+        analysis.check_share("--top-fraction", self.top_fraction)
+        esr = replace(self.base, selector="first_n").resolved()
+        full = replace(self.base, selector="all", n=None).resolved()
+        check_checkpoint(self.esr_checkpoint, esr, "--esr-checkpoint")
+        check_checkpoint(self.full_checkpoint, full, "--full-checkpoint")
+        return {"full": (full, self.full_checkpoint), "esr": (esr, self.esr_checkpoint)}
+
+
+def run(
+    cfg: SubmodeConfig,
+    results_dir: Path = Path("results"),
+    figures_dir: Path = Path("figures"),
+    run_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[RunDir, pd.DataFrame]:
+    """Train (or take) both students, scan each, measure teacher lengths; one summary row each."""
+    trainings = cfg.trainings()
+    adapters = {
+        name: trained_adapter(train_cfg, given, results_dir, show_progress)
+        for name, (train_cfg, given) in trainings.items()
+    }
+    pair, sampling, seed = cfg.base.pair, cfg.base.sampling, cfg.base.seed
+    problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
+    student, teacher = analysis.load_pair(pair, cfg.batch_size)
+    run_dir = open_run(results_dir, "submode", dict(asdict(cfg), adapters=adapters), run_id)
+    students = {"base": student}
+    students.update({n: trained_policy(pair, a, cfg.batch_size) for n, a in adapters.items()})
+    rows = {}
+    for name, policy in students.items():
+        scan = analysis.scan(
+            policy,
+            teacher,
+            problems,
+            cfg.rollouts,
+            sampling,
+            seed,
+            show_progress,
+            f"{name} student",
+        )
+        rows[name] = {
+            **analysis.submode_stats(scan.tokens, cfg.top_fraction),
+            **analysis.length_stats(scan.lengths),
+        }
+    _, responses = analysis.rollouts(teacher, problems, range(cfg.rollouts), sampling, seed)
+    rows["teacher"] = analysis.length_stats([len(r) for r in responses])
+    summary = pd.DataFrame([{"model": m, **rows[m]} for m in MODELS])
+    summary = summary.assign(run_id=run_dir.run_id, rollouts=cfg.rollouts)
+    summary = summary[list(SCHEMAS["submode_summary"])]
+    write_table(run_dir.path / "summary.parquet", summary, "submode_summary")
+    plot_submode(summary, [figures_dir / "submode.png", run_dir.path / "submode.png"])
+    return run_dir, summary
+
+
+def print_summary(summary: pd.DataFrame, run_dir: RunDir, fraction: float) -> None:
+    """Finding 7's two tables: commitment on the top-KL positions, and response lengths."""
+    students = summary[summary.positions.notna()]
+    print_table(
+        pd.DataFrame(
+            {
+                "model": students.model,
+                "top-1 prob": students.top1_prob,
+                "= teacher top-1 %": students.teacher_top1_pct,
+                "teacher top 2-5 %": students.teacher_top2_5_pct,
+                "outside top 5 %": students.outside_top5_pct,
+                "positions": students.positions.astype(int),
+            }
+        ),
+        f"Student argmax on the top {fraction * 100:.0f}% highest-KL positions, "
+        f"run {run_dir.run_id}",
+    )
+    lengths = summary[["model", "length_p10", "length_p50", "length_p90", "length_mean"]]
+    print_table(
+        lengths.set_axis(["model", "p10", "p50", "p90", "mean"], axis=1),
+        "Response length (tokens)",
+    )

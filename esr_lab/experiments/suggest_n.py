@@ -1,0 +1,93 @@
+"""Finding 10, choosing N before training: the ESR plateau starts where the first N positions
+hold ~45% of a trajectory's summed per-position KL.
+
+Claim (PAPER.md): measured on ~1k pre-training rollouts, the cumulative per-position KL reaches
+45% of the whole trajectory's at about the N where accuracy stops improving (N=50-100 for
+Qwen2.5-Math-1.5B -> Qwen3-1.7B, whose plateau is N in [50, 200]). The share is pooled over
+rollouts: KL summed over every rollout's positions < N, over KL summed over all positions.
+
+Command: esr-lab suggest-n --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.7B
+         --threshold 0.45          (no options: the toy world's preset)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from esr_lab import analysis
+from esr_lab.config import ModelPair, Sampling
+from esr_lab.console import print_table
+from esr_lab.experiments.positions import check_rollouts
+from esr_lab.figures import plot_suggest_n
+from esr_lab.records import RunDir, open_run, write_table
+
+SHOWN_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class SuggestConfig:
+    pair: ModelPair = field(default_factory=ModelPair)
+    sampling: Sampling = field(default_factory=Sampling)
+    dataset: str | None = None  # None: the toy world's training prompts, else math500
+    rollouts: int = 1000
+    threshold: float = 0.45
+    seed: int = 0
+    batch_size: int = 64
+
+
+def run(
+    cfg: SuggestConfig,
+    results_dir: Path = Path("results"),
+    figures_dir: Path = Path("figures"),
+    run_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
+    """Scan, write the cumulative curve and the suggested N; returns run, curve and summary."""
+    check_rollouts(cfg.rollouts)
+    analysis.check_share("--threshold", cfg.threshold)
+    problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
+    student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
+    run_dir = open_run(results_dir, "suggest_n", asdict(cfg), run_id)
+    scan = analysis.scan(
+        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
+    )
+    curve = analysis.cumulative_kl(scan.tokens).assign(threshold=cfg.threshold)
+    curve.insert(0, "run_id", run_dir.run_id)
+    write_table(run_dir.path / "curve.parquet", curve, "cumulative_kl")
+    summary = pd.DataFrame(
+        {
+            "run_id": [run_dir.run_id],
+            "threshold": [cfg.threshold],
+            "n": [analysis.pick_n(curve, cfg.threshold)],
+            "rollouts": [cfg.rollouts],
+            "mean_length": [float(pd.Series(scan.lengths).mean())],
+        }
+    )
+    write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
+    plot_suggest_n(curve, [figures_dir / "suggest_n.png", run_dir.path / "suggest_n.png"])
+    return run_dir, curve, summary
+
+
+def print_summary(curve: pd.DataFrame, summary: pd.DataFrame, run_dir: RunDir) -> None:
+    """The curve at round shares, with the suggested N's row marked."""
+    n = int(summary.n.iloc[0])
+    rows = [analysis.pick_n(curve, share) for share in SHOWN_SHARES]
+    shown = curve.set_index(curve.position + 1).loc[sorted({*rows, n})]
+    table = pd.DataFrame(
+        {
+            "N": shown.index,
+            "cumulative KL %": shown.cumulative_share.values * 100,
+            "mean KL at N": shown.mean_kl.values,
+            "rollouts reaching N": shown.tokens.values,
+            "": ["<- suggested" if i == n else "" for i in shown.index],
+        }
+    )
+    print_table(table, f"Cumulative per-position KL, run {run_dir.run_id}")
+    row = summary.iloc[0]
+    print(
+        f"suggested N = {n}: the first {n} positions hold {row.threshold * 100:.0f}% of the "
+        f"trajectory's KL ({int(row.rollouts)} rollouts, mean length {row.mean_length:.0f} tokens)"
+    )
