@@ -173,3 +173,27 @@ def test_empty_dataset(monkeypatch, capsys, tmp_path):
         monkeypatch, capsys, tmp_path, "train", *MICRO, "--eval-dataset", str(data)
     )
     assert code == 2 and "empty" in err, err
+
+
+def test_reproduce_runs_the_named_steps_and_resumes(monkeypatch, capsys, tmp_path):
+    args = ("reproduce", "--preset", "micro", "--only", "profile", "--quiet")
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, *args)
+    assert code == 0, err
+    assert "Reproduction finished" in out and (tmp_path / "figures" / "profile.png").is_file()
+    assert (tmp_path / "results" / "profile" / "reproduce-micro" / "summary.parquet").is_file()
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args)  # same run id: resumes
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reproduce", "--preset", "paper-qwen"], "needs --student and --teacher"),
+        (["reproduce", "--preset", "nope"], "unknown preset 'nope'"),
+        (["reproduce", "--preset", "micro", "--only", "decay,fly"], "unknown steps ['fly']"),
+    ],
+)
+def test_reproduce_bad_input(monkeypatch, capsys, tmp_path, args, message):
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "results").exists()
