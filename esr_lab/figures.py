@@ -88,7 +88,7 @@ def plot_decay(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k
         "Length of student-generated prefix (tokens)",
         f"{benchmark} (%)",
     )
-    ax.legend(loc="lower left")
+    ax.legend(loc="center right")
     fig.tight_layout()
     _save(fig, paths)
 
@@ -204,9 +204,16 @@ def plot_profile(summary: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
-MIN_BIN_TOKENS = 10  # position bins with fewer tokens are noise; tables keep them, plots don't
+# Bins that fewer than 2% of the rollouts reach (relative to the fullest bin) are a handful of
+# runaway answers: tables keep them, plots leave them out.
+MIN_BIN_SHARE = 0.02
 ENTROPY_S_COLOR, ENTROPY_T_COLOR = "#d62728", "#1f77b4"
 KL_COLOR, WINDOW_COLOR = "#2ca02c", "#fff2cc"
+
+
+def reached_bins(bins: pd.DataFrame) -> pd.DataFrame:
+    """The bins that at least MIN_BIN_SHARE of the rollouts reach (what plots and tables show)."""
+    return bins[bins.tokens >= MIN_BIN_SHARE * bins.tokens.max()]
 
 
 def _shade_window(ax: plt.Axes, window: int, label: str) -> None:
@@ -215,9 +222,9 @@ def _shade_window(ax: plt.Axes, window: int, label: str) -> None:
 
 def plot_positions(bins: pd.DataFrame, paths: list[Path]) -> None:
     """Per-position student/teacher entropy and reverse KL, ESR window shaded (finding 4)."""
-    kept = bins[bins.tokens >= MIN_BIN_TOKENS]
+    kept = reached_bins(bins)
     x = (kept.bin_start + kept.bin_end) / 2
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     _shade_window(ax, int(bins.window.iloc[0]), f"ESR window (0-{int(bins.window.iloc[0])})")
     ax.plot(x, kept.student_entropy, color=ENTROPY_S_COLOR, lw=2, label="student entropy $H_s$")
     ax.plot(x, kept.teacher_entropy, color=ENTROPY_T_COLOR, lw=2, label="teacher entropy $H_t$")
@@ -228,11 +235,15 @@ def plot_positions(bins: pd.DataFrame, paths: list[Path]) -> None:
     kl_ax.set_ylim(bottom=0)
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
-    _style(ax, "Per-position signal of student rollouts", "token position in response",
-           "entropy (nats)")
+    _style(
+        ax,
+        "Per-position signal of student rollouts",
+        "token position in response",
+        "entropy (nats)",
+    )
     handles = ax.get_legend_handles_labels()[0] + kl_ax.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper right")
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     _save(fig, paths)
 
 
@@ -241,11 +252,11 @@ def plot_cascade(bins: pd.DataFrame, paths: list[Path]) -> None:
     from esr_lab.analysis import cascade_summary
 
     window = int(bins.window.iloc[0])
-    kept = bins[bins.tokens >= MIN_BIN_TOKENS]
+    kept = pd.concat(reached_bins(part) for _, part in bins.groupby("model"))
     wide = kept.pivot(index="bin_start", columns="model", values="reverse_kl").dropna()
     ends = kept.groupby("bin_start").bin_end.first().loc[wide.index]
     x = (wide.index + ends) / 2
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     _shade_window(ax, window, f"trained positions (0-{window})")
     ax.fill_between(x, wide.base, wide.esr, color="#cfe2ff", alpha=0.7, label="KL gap closed")
     ax.plot(x, wide.base, "o-", color=CURVE_COLOR, lw=2.5, label="base student vs teacher")
@@ -253,15 +264,25 @@ def plot_cascade(bins: pd.DataFrame, paths: list[Path]) -> None:
     summary = cascade_summary(bins, window).set_index("region")
     if "untrained" in summary.index:
         ax.annotate(
-            f"untrained positions {window}+: KL {summary.closed_pct['untrained']:+.0f}% closed",
-            xy=(0.45, 0.6), xycoords="axes fraction", color="#2459d8", fontweight="bold",
+            f"untrained positions {window}+: {summary.closed_pct['untrained']:+.0f}% of the KL "
+            "gap closed",
+            xy=(0.5, 1.0),
+            xycoords="axes fraction",
+            ha="center",
+            va="top",
+            color="#2459d8",
+            fontweight="bold",
         )
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
-    _style(ax, "Train only the early window (ESR): KL drops past it (cascade)",
-           "token position", "mean per-position reverse KL")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
+    _style(
+        ax,
+        "Per-position KL to the teacher before and after ESR (cascade)",
+        "token position",
+        "mean per-position reverse KL",
+    )
+    fig.legend(loc="lower center", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     _save(fig, paths)
 
 
@@ -271,20 +292,30 @@ def plot_submode(summary: pd.DataFrame, paths: list[Path]) -> None:
     students = summary[summary.positions.notna()]
     fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
     left = [0.0] * len(students)
-    parts = (("teacher_top1_pct", "= teacher top-1", ESR_COLOR),
-             ("teacher_top2_5_pct", "in teacher top 2-5", SELECT_COLOR),
-             ("outside_top5_pct", "outside teacher top 5", CURVE_COLOR))
+    parts = (
+        ("teacher_top1_pct", "= teacher top-1", ESR_COLOR),
+        ("teacher_top2_5_pct", "in teacher top 2-5", SELECT_COLOR),
+        ("outside_top5_pct", "outside teacher top 5", CURVE_COLOR),
+    )
     for column, label, color in parts:
         ax_r.barh(students.model, students[column], left=left, color=color, label=label)
         left = [a + b for a, b in zip(left, students[column], strict=True)]
     for y, prob in enumerate(students.top1_prob):
-        ax_r.annotate(f"top-1 p {prob:.2f}", (101, y), va="center", fontsize=9,
-                      annotation_clip=False)
+        ax_r.annotate(
+            f"top-1 p {prob:.2f}", (101, y), va="center", fontsize=9, annotation_clip=False
+        )
     _style(ax_r, "Student argmax on the top-KL positions", "% of positions", "")
     ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8)
     ys = range(len(summary))
-    ax_l.hlines(ys, summary.length_p10, summary.length_p90, color=STUDENT_COLOR, lw=6, alpha=0.5,
-                label="p10-p90")
+    ax_l.hlines(
+        ys,
+        summary.length_p10,
+        summary.length_p90,
+        color=STUDENT_COLOR,
+        lw=6,
+        alpha=0.5,
+        label="p10-p90",
+    )
     ax_l.plot(summary.length_p50, ys, "|", color="black", markersize=16, label="median")
     ax_l.plot(summary.length_mean, ys, "D", color=CURVE_COLOR, label="mean")
     ax_l.set_yticks(list(ys), summary.model)
@@ -300,8 +331,10 @@ def plot_tokens(cells: pd.DataFrame, paths: list[Path]) -> None:
     labels = cells.drop_duplicates("bin_start").set_index("bin_start").position_bin
     fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 3, 0.5 * grid.shape[0] + 1.8))
     image = ax.imshow(grid.values, cmap="viridis", aspect="auto")
+    bright = 0.6 * grid.max().max()
     for (i, j), value in pd.DataFrame(grid.values).stack().items():
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white", fontsize=8)
+        color = "black" if value > bright else "white"
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=color, fontsize=8)
     ax.set_xticks(range(grid.shape[1]), [labels[s] for s in grid.columns])
     ax.set_yticks(range(grid.shape[0]), grid.index)
     ax.set_xlabel("token position bin")
@@ -318,15 +351,29 @@ def plot_suggest_n(curve: pd.DataFrame, paths: list[Path]) -> None:
     threshold = float(curve.threshold.iloc[0])
     n = pick_n(curve, threshold)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(curve.position + 1, curve.cumulative_share * 100, color=ESR_COLOR, lw=2.5,
-            label="cumulative KL share of positions < N")
-    ax.axhline(threshold * 100, linestyle="--", color=STUDENT_COLOR, lw=1.5,
-               label=f"threshold {threshold * 100:.0f}%")
+    ax.plot(
+        curve.position + 1,
+        curve.cumulative_share * 100,
+        color=ESR_COLOR,
+        lw=2.5,
+        label="cumulative KL share of positions < N",
+    )
+    ax.axhline(
+        threshold * 100,
+        linestyle="--",
+        color=STUDENT_COLOR,
+        lw=1.5,
+        label=f"threshold {threshold * 100:.0f}%",
+    )
     ax.axvline(n, linestyle=":", color=CURVE_COLOR, lw=2, label=f"suggested N = {n}")
     ax.set_ylim(0, 101)
     ax.set_xlim(left=0)
-    _style(ax, "Choosing N from a pre-training scan", "N (response tokens)",
-           "share of total reverse KL (%)")
+    _style(
+        ax,
+        "Choosing N from a pre-training scan",
+        "N (response tokens)",
+        "share of total reverse KL (%)",
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     _save(fig, paths)

@@ -237,7 +237,18 @@ def _summary_row(part: pd.DataFrame, condition: str, k: int | None) -> tuple:
 
 
 def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
-    shown = summary.drop(columns=["run_id"]).copy()
-    for column in ("accuracy", "ci_low", "ci_high"):
-        shown[column] = shown[column] * 100
-    print_table(shown, f"Teacher decay (accuracy %), run {run_dir.run_id}")
+    """The summary as a narrow table: accuracy and its 95% CI in percent."""
+    shown = pd.DataFrame(
+        {
+            "condition": summary.condition.str.replace("_", " "),
+            "prefix": summary.prefix_tokens,
+            "avg@k %": summary.accuracy * 100,
+            "95% CI": [
+                f"{lo * 100:.1f}-{hi * 100:.1f}"
+                for lo, hi in zip(summary.ci_low, summary.ci_high, strict=True)
+            ],
+            "problems": summary.n_problems,
+            "samples": summary.n_samples,
+        }
+    )
+    print_table(shown, f"Teacher decay, run {run_dir.run_id}")
