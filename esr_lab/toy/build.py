@@ -8,8 +8,10 @@ on fresh problems, which is what takes its sampled (T=0.7) accuracy from ~0.56 t
 temperature 0.7 every digit is a chance to slip, so the last bit of confidence matters. The
 student is smaller and is made weaker the way real students are: it starts from two of the
 teacher's four layers after the first phase (layer-subset initialisation, as DistilBERT
-initialises from alternate teacher layers), and is then trained on data that favours the
-error-prone "direct" plan (see task.py). Everything is fixed by the seed: data streams, the
+initialises from alternate teacher layers), learns both plans on the teacher's data mix, and
+then acquires the habit of the error-prone "direct" plan (see task.py) on data that favours
+it. It can still split (about half its rare split answers are right) but seldom chooses to:
+the early decision that ESR is about. Everything is fixed by the seed: data streams, the
 tokenizer corpus, initial weights, batch order and the sampling used to measure accuracy.
 
 Rebuild the shipped weights with `python -m esr_lab.toy.build toy` (about 18 minutes on one
@@ -52,8 +54,9 @@ class ModelSpec:
     batch: int
     lr: float
     mix: dict
-    polish_steps: int = 0  # extra steps on fresh problems at polish_lr (teacher only)
-    polish_lr: float = 0.0
+    then_steps: int = 0  # a second phase on fresh problems: steps, learning rate, mix
+    then_lr: float = 0.0
+    then_mix: dict | None = None  # None: the same mix as the first phase
     init_layers: tuple[int, ...] = ()  # student: start from these teacher layers
 
 
@@ -71,8 +74,23 @@ class WorldSpec:
 
 WORLDS: dict[str, WorldSpec] = {
     "toy": WorldSpec(
+        # teacher: cosine phase, then a low-learning-rate polish on fresh problems
         teacher=ModelSpec(128, 4, 4, 750, 32, 3e-3, task.TEACHER_MIX, 300, 5e-4),
-        student=ModelSpec(128, 2, 4, 300, 32, 1e-3, task.STUDENT_MIX, init_layers=(0, 3)),
+        # student: learns both plans on the teacher's mix ("skill"), then the habit of
+        # multiplying directly (STUDENT_MIX), so it can split but rarely chooses to
+        student=ModelSpec(
+            128,
+            2,
+            4,
+            300,
+            32,
+            1e-3,
+            task.TEACHER_MIX,
+            100,
+            1e-3,
+            task.STUDENT_MIX,
+            init_layers=(0, 3),
+        ),
         vocab_size=400,
         n_eval=N_TEST,
         max_new_tokens=400,
@@ -80,7 +98,9 @@ WORLDS: dict[str, WorldSpec] = {
     ),
     "micro": WorldSpec(
         teacher=ModelSpec(32, 2, 2, 80, 16, 1e-2, task.TEACHER_MIX, 10, 2e-3),
-        student=ModelSpec(32, 1, 2, 20, 16, 1e-2, task.STUDENT_MIX, init_layers=(1,)),
+        student=ModelSpec(
+            32, 1, 2, 20, 16, 1e-2, task.TEACHER_MIX, 10, 1e-2, task.STUDENT_MIX, init_layers=(1,)
+        ),
         vocab_size=400,
         n_eval=8,
         max_new_tokens=160,
@@ -323,9 +343,13 @@ def layer_subset(teacher: Qwen3ForCausalLM, layers: tuple[int, ...]) -> Qwen3For
     return student
 
 
-def polish_spec(spec: ModelSpec) -> ModelSpec:
-    """The teacher's second phase: same data mix, fresh problems, a low learning rate."""
-    return replace(spec, steps=spec.polish_steps, lr=spec.polish_lr)
+def _mix_names(mix: dict) -> dict:
+    return {"/".join(mode): share for mode, share in mix.items()}
+
+
+def second_phase(spec: ModelSpec) -> ModelSpec:
+    """The model's second phase: fresh problems, its own learning rate and data mix."""
+    return replace(spec, steps=spec.then_steps, lr=spec.then_lr, mix=spec.then_mix or spec.mix)
 
 
 def build_world(
@@ -343,30 +367,30 @@ def build_world(
     test = task.test_problems(0, N_TEST)
     exclude = {task.problem_text(p) for p in test}
     facts: dict = {"world": world, "version": VERSION, "seed": seed}
+
+    def train_phase(model, mspec: ModelSpec, stream: str) -> float:
+        examples = training_examples(tok, mspec, seed, f"{world}-{stream}", exclude)
+        return train_model(
+            model, examples, mspec, tok.pad_token_id, f"{world} {stream}", show_progress
+        )
+
     torch.manual_seed(seed * 1000)  # the teacher's initial weights
     teacher = make_model(spec.teacher, tok)
-    examples = training_examples(tok, spec.teacher, seed, f"{world}-teacher", exclude)
-    train_model(
-        teacher, examples, spec.teacher, tok.pad_token_id, f"{world} teacher", show_progress
-    )
+    train_phase(teacher, spec.teacher, "teacher")
     student = layer_subset(teacher, spec.student.init_layers)
-    examples = training_examples(tok, spec.student, seed, f"{world}-student", exclude)
-    losses = {
-        "student": train_model(
-            student, examples, spec.student, tok.pad_token_id, f"{world} student", show_progress
-        )
-    }
-    polish = polish_spec(spec.teacher)
-    examples = training_examples(tok, polish, seed, f"{world}-teacher-polish", exclude)
-    losses["teacher"] = train_model(
-        teacher, examples, polish, tok.pad_token_id, f"{world} teacher polish", show_progress
-    )
+    train_phase(student, spec.student, "student-skill")
+    losses = {"student": train_phase(student, second_phase(spec.student), "student-habit")}
+    losses["teacher"] = train_phase(teacher, second_phase(spec.teacher), "teacher-polish")
     for role, model in (("teacher", teacher), ("student", student)):
         mspec = getattr(spec, role)
         model.save_pretrained(out_dir / role)
         tok.save_pretrained(out_dir / role)  # before sampling, which pads on the left
         stats = measure(model, tok, test[: spec.n_eval], 4, spec.max_new_tokens, seed)
-        spec_dict = {**asdict(mspec), "mix": {"/".join(k): v for k, v in mspec.mix.items()}}
+        spec_dict = {
+            **asdict(mspec),
+            "mix": _mix_names(mspec.mix),
+            "then_mix": _mix_names(mspec.then_mix or mspec.mix),
+        }
         facts[role] = {**stats, "final_loss": losses[role], "spec": spec_dict}
     facts["build_seconds"] = time.time() - start
     (out_dir / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
