@@ -146,7 +146,7 @@ def cumulative_kl(tokens: pd.DataFrame) -> pd.DataFrame:
     held by positions <= this one (the mean trajectory's cumulative share)."""
     grouped = tokens.groupby("position").reverse_kl
     curve = pd.DataFrame({"tokens": grouped.size(), "mean_kl": grouped.mean()})
-    mass = grouped.sum()
+    mass = grouped.sum().astype("float64")  # float32 sums can stop short of 100%
     curve["cumulative_share"] = mass.cumsum() / mass.sum()
     return curve.reset_index()
 
@@ -159,7 +159,7 @@ def check_share(option: str, value: float) -> None:
 def pick_n(curve: pd.DataFrame, threshold: float) -> int:
     """The smallest N (tokens) whose first N positions hold `threshold` of the total KL."""
     check_share("--threshold", threshold)
-    reached = curve[curve.cumulative_share >= threshold - 1e-9]  # float sums end near 1
+    reached = curve[curve.cumulative_share >= threshold - 1e-9]
     return int(reached.position.iloc[0]) + 1
 
 

@@ -381,12 +381,14 @@ def positions_command(
         models.student, "positions", preset, rollouts=rollouts, bin_width=bin_width
     )
     cfg = experiment.PositionsConfig(
-        pair=models.pair(), sampling=sampling.sampling(models.student), dataset=dataset,
-        window=window or n, seed=run.seed, **values,
+        pair=models.pair(),
+        sampling=sampling.sampling(models.student),
+        dataset=dataset,
+        window=window or n,
+        seed=run.seed,
+        **values,
     )
-    run_dir, bins = experiment.run(
-        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
-    )
+    run_dir, bins = experiment.run(cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet)
     experiment.print_summary(bins, run_dir)
     typer.echo(f"results: {run_dir.path}  figure: {run.figures_dir / 'positions.png'}")
 
@@ -409,8 +411,11 @@ def suggest_n_command(
         models.student, "suggest_n", preset, rollouts=rollouts, threshold=threshold
     )
     cfg = experiment.SuggestConfig(
-        pair=models.pair(), sampling=sampling.sampling(models.student), dataset=dataset,
-        seed=run.seed, **values,
+        pair=models.pair(),
+        sampling=sampling.sampling(models.student),
+        dataset=dataset,
+        seed=run.seed,
+        **values,
     )
     run_dir, curve, summary = experiment.run(
         cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
@@ -430,21 +435,29 @@ def tokens_command(
     edges: Annotated[str | None, _opt("Position bin edges [paper: 0,5,20,50,100,200].")] = None,
     min_count: Annotated[int | None, _opt("Occurrences for a top token [paper: 50].")] = None,
     top: Annotated[int, _opt("How many highest-KL tokens to list.")] = 20,
-    categories: Annotated[Path | None, _opt("TOML file of category = \"regex\" lines.")] = None,
+    categories: Annotated[Path | None, _opt('TOML file of category = "regex" lines.')] = None,
     preset: ScanPreset = None,
 ) -> None:
     """Finding 11: mean KL by token category x position bin, and the highest-KL tokens."""
     from esr_lab.experiments import tokens as experiment
 
     values = preset_values(
-        models.student, "tokens", preset, rollouts=rollouts, min_count=min_count,
+        models.student,
+        "tokens",
+        preset,
+        rollouts=rollouts,
+        min_count=min_count,
         edges=parse_int_list(edges, "--edges") if edges else None,
         categories=experiment.read_categories(categories) if categories else None,
     )
     values["edges"] = tuple(values.get("edges", experiment.PAPER_EDGES))
     cfg = experiment.TokensConfig(
-        pair=models.pair(), sampling=sampling.sampling(models.student), dataset=dataset,
-        top=top, seed=run.seed, **values,
+        pair=models.pair(),
+        sampling=sampling.sampling(models.student),
+        dataset=dataset,
+        top=top,
+        seed=run.seed,
+        **values,
     )
     run_dir, cells, top_tokens = experiment.run(
         cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
@@ -479,7 +492,9 @@ def cascade_command(
     )
     cfg = experiment.CascadeConfig(
         base=options.config(models, sampling, run, n=n, selector="first_n"),
-        esr_checkpoint=esr_checkpoint, dataset=dataset, **values,
+        esr_checkpoint=esr_checkpoint,
+        dataset=dataset,
+        **values,
     )
     run_dir, summary = experiment.run(
         cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
@@ -510,8 +525,11 @@ def submode_command(
     values = preset_values(models.student, "submode", options.preset, rollouts=rollouts)
     cfg = experiment.SubmodeConfig(
         base=options.config(models, sampling, run, n=n, selector="first_n"),
-        esr_checkpoint=esr_checkpoint, full_checkpoint=full_checkpoint, dataset=dataset,
-        top_fraction=top_fraction, **values,
+        esr_checkpoint=esr_checkpoint,
+        full_checkpoint=full_checkpoint,
+        dataset=dataset,
+        top_fraction=top_fraction,
+        **values,
     )
     run_dir, summary = experiment.run(
         cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet

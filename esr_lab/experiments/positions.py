@@ -23,7 +23,7 @@ from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.figures import plot_positions
+from esr_lab.figures import MIN_BIN_SHARE, plot_positions, reached_bins
 from esr_lab.records import RunDir, open_run, write_table
 
 
@@ -77,8 +77,13 @@ def tagged_bins(
 
 
 def print_summary(bins: pd.DataFrame, run_dir: RunDir) -> None:
-    shown = bins.assign(
-        positions=[f"{s}-{e - 1}" for s, e in zip(bins.bin_start, bins.bin_end, strict=True)]
+    """The bins most rollouts reach; the sparse tail stays in bins.parquet."""
+    shown = reached_bins(bins)
+    shown = shown.assign(
+        positions=[f"{s}-{e - 1}" for s, e in zip(shown.bin_start, shown.bin_end, strict=True)]
     )
     shown = shown[["positions", "tokens", "reverse_kl", "student_entropy", "teacher_entropy"]]
     print_table(shown, f"Per-position profile (nats), run {run_dir.run_id}")
+    if len(shown) < len(bins):
+        hidden = len(bins) - len(shown)
+        print(f"({hidden} bins reached by under {MIN_BIN_SHARE:.0%} of rollouts not shown)")
