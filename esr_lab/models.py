@@ -6,6 +6,7 @@ offline) becomes one `UserError` line; the loading itself is plain transformers.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,21 @@ def resolve_model_source(name: str) -> str:
             f"save_pretrained, or a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
         )
     return name
+
+
+def fingerprint(name: str) -> str:
+    """A short hash of a local model's config and weights, so results keyed by a config can
+    tell a rebuilt model from the old one; a hub id is its own name (pin a revision by
+    downloading it to a folder)."""
+    source = Path(resolve_model_source(name))
+    if not source.is_dir():
+        return name
+    digest = hashlib.sha256((source / "config.json").read_bytes())
+    for weights in sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        with weights.open("rb") as handle:
+            digest.update(handle.read(1 << 20))  # the header and first tensors: cheap, enough
+    return digest.hexdigest()[:12]
 
 
 def _hub_error(name: str, err: Exception) -> UserError:

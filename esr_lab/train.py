@@ -33,7 +33,7 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.memory import PeakMemory
-from esr_lab.models import load_tokenizer
+from esr_lab.models import fingerprint, load_tokenizer
 from esr_lab.policy import Policy, load_policy
 from esr_lab.rollout import row_seed
 from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_vocab_size
@@ -410,8 +410,12 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
 
 
 def config_dict(cfg: TrainConfig) -> dict:
+    """The run's config as saved; the models' fingerprints make a rebuilt model a new run."""
     config = asdict(cfg)
     config["label"] = cfg.label
+    config["fingerprints"] = {
+        role: fingerprint(getattr(cfg.pair, role)) for role in ("student", "teacher")
+    }
     return config
 
 
