@@ -18,6 +18,7 @@ import math
 import random
 import resource
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +39,9 @@ from esr_lab.policy import Policy, load_policy
 from esr_lab.rollout import row_seed
 from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_vocab_size
 from esr_lab.toy import TOY_WORLDS
+
+# peft asks transformers a deprecated question on every wrap; it is not ours to answer.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
 PHASES = ("generation", "teacher", "training")
