@@ -547,6 +547,9 @@ def reproduce_command(
     results_dir: Annotated[Path, _opt("Where run folders are written.")] = Path("results"),
     figures_dir: Annotated[Path, _opt("Where figures are written.")] = Path("figures"),
     quiet: Annotated[bool, _opt("No progress bars.")] = False,
+    export: Annotated[
+        Path | None, _opt("Also copy the small result tables here (e.g. results/toy).")
+    ] = None,
 ) -> None:
     """Every experiment in order on one pair; resumable (rerun the same command)."""
     from esr_lab.experiments import reproduce
@@ -573,6 +576,9 @@ def reproduce_command(
 
     for path in figures.rebuild_all(results_dir, figures_dir):
         typer.echo(f"figure: {path}")
+    if export is not None:
+        copied = reproduce.export_summaries(results_dir, f"reproduce-{preset}", export)
+        typer.echo(f"exported {len(copied)} files to {export}")
 
 
 @app.command("plot")

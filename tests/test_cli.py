@@ -176,11 +176,23 @@ def test_empty_dataset(monkeypatch, capsys, tmp_path):
 
 
 def test_reproduce_runs_the_named_steps_and_resumes(monkeypatch, capsys, tmp_path):
-    args = ("reproduce", "--preset", "micro", "--only", "profile", "--quiet")
+    export = tmp_path / "committed"
+    args = (
+        "reproduce",
+        "--preset",
+        "micro",
+        "--only",
+        "profile",
+        "--quiet",
+        "--export",
+        str(export),
+    )
     code, out, err = run_cli(monkeypatch, capsys, tmp_path, *args)
     assert code == 0, err
     assert "Reproduction finished" in out and (tmp_path / "figures" / "profile.png").is_file()
     assert (tmp_path / "results" / "profile" / "reproduce-micro" / "summary.parquet").is_file()
+    exported = sorted(p.name for p in (export / "profile" / "reproduce-micro").iterdir())
+    assert exported == ["config.json", "steps.parquet", "summary.parquet"]
     code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args)  # same run id: resumes
     assert code == 0, err
 

@@ -8,8 +8,10 @@ their content-addressed folders under `results/runs/`, so each is trained once.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -60,3 +62,22 @@ def run(steps: Sequence[tuple[str, str]], invoke: Callable[[str], None]) -> pd.D
     table = pd.DataFrame(rows)
     print_table(table, f"Reproduction finished in {(time.time() - started) / 60:.1f} min")
     return table
+
+
+SMALL_TABLE_BYTES = 1 << 20
+
+
+def export_summaries(results_dir: Path, run_id: str, dest: Path) -> list[Path]:
+    """Copy each experiment's config.json and small tables (not samples, parts, checkpoints)
+    of run `run_id` to `dest/<experiment>/<run_id>/`: what a figure or a README table needs,
+    small enough to commit."""
+    copied = []
+    for run in sorted(Path(results_dir).glob(f"*/{run_id}")):
+        for file in sorted(run.iterdir()):
+            small_table = file.suffix == ".parquet" and file.stat().st_size < SMALL_TABLE_BYTES
+            if file.name == "config.json" or small_table:
+                target = dest / run.parent.name / run_id / file.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+                copied.append(target)
+    return copied
