@@ -31,7 +31,7 @@ from esr_lab.errors import UserError
 from esr_lab.evaluate import mean_ci
 from esr_lab.figures import plot_decay
 from esr_lab.policy import load_policy
-from esr_lab.records import RunDir, open_run, write_table
+from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
 from esr_lab.rollout import row_seed
 
 CONDITIONS = ("teacher_alone", "student_alone", "teacher_from_prefix")
@@ -106,16 +106,8 @@ def run(
     return run_dir, summary
 
 
-_SAMPLE_COLUMNS = (
-    "problem_id",
-    "sample",
-    "condition",
-    "prefix_tokens",
-    "prefix_complete",
-    "completion",
-    "completion_tokens",
-    "correct",
-)
+# The per-sample columns a chunk produces; run_id and seed are added in front when it is saved.
+_SAMPLE_COLUMNS = SCHEMAS["decay_samples"][2:]
 
 
 def _config_dict(cfg: DecayConfig) -> dict:
