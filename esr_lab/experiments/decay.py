@@ -206,18 +206,7 @@ def summarise(samples: pd.DataFrame, prefix_lengths: Sequence[int], run_id: str)
         source = "teacher_alone" if k == 0 else "teacher_from_prefix"
         part = samples[(samples.condition == source) & (samples.prefix_tokens == k)]
         rows.append(_summary_row(part, "teacher_from_prefix", k))
-    summary = pd.DataFrame(
-        rows,
-        columns=[
-            "condition",
-            "prefix_tokens",
-            "accuracy",
-            "ci_low",
-            "ci_high",
-            "n_problems",
-            "n_samples",
-        ],
-    )
+    summary = pd.DataFrame(rows, columns=list(SCHEMAS["decay_summary"][1:]))  # run_id next
     summary.insert(0, "run_id", run_id)
     return summary.astype({"prefix_tokens": "Int64"})
 
