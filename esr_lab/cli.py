@@ -10,13 +10,13 @@ User mistakes print one line and exit 2.
 import functools
 import inspect
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from esr_lab import presets, toy
+from esr_lab import presets, recipes, toy
 from esr_lab.config import ModelPair, Sampling, default_max_new_tokens
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION
@@ -43,25 +43,52 @@ class ModelOptions:
     instruction: Annotated[str, _opt("Instruction after every problem.")] = DEFAULT_INSTRUCTION
     thinking: Annotated[bool, _opt("Qwen3 thinking mode in the chat template.")] = False
     threads: Annotated[int | None, _opt("CPU torch threads [toy: 1; else torch's].", min=1)] = None
+    placement: Annotated[
+        str | None, _opt("Where the instruction goes: user, system, user-inline [esr-lab: user].")
+    ] = None
 
-    def pair(self) -> ModelPair:
+    def values(self) -> dict:
+        """The options as ModelPair field values (None: not given)."""
         # Tiny toy models run fastest on one thread: their matrices are too small to split.
         threads = self.threads or (1 if toy.is_toy_model(self.student) else None)
-        return ModelPair(self.student, self.teacher, self.device, self.dtype, self.instruction,
-                         self.thinking, threads)
+        return {
+            "student": self.student, "teacher": self.teacher, "device": self.device,
+            "dtype": self.dtype, "instruction": self.instruction,
+            "enable_thinking": self.thinking, "threads": threads, "placement": self.placement,
+        }
+
+    def pair(self) -> ModelPair:
+        return ModelPair(**{k: v for k, v in self.values().items() if v is not None})
 
 
 @dataclass
 class SamplingOptions:
     temperature: Annotated[float, _opt("Sampling temperature (0: greedy).", min=0.0)] = 0.7
-    top_p: Annotated[float, _opt("Nucleus sampling mass.", min=0.0, max=1.0)] = 1.0
+    top_p: Annotated[
+        float | None, _opt("Nucleus sampling mass [esr-lab: 1.0; paper-code: 0.95].", min=0.0,
+                           max=1.0)
+    ] = None
     max_new_tokens: Annotated[
         int | None, _opt("Response budget in tokens [default: 400 toy, 4096 real].", min=1)
     ] = None
+    stop_at_end_of_turn: Annotated[
+        bool | None,
+        _opt("Also stop a response at the chat template's end-of-turn token [esr-lab: on; "
+             "paper-code: off].", show_default=False),
+    ] = None
+
+    def values(self) -> dict:
+        """The options as Sampling field values (None: not given)."""
+        return {
+            "temperature": self.temperature, "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "stop_at_end_of_turn": self.stop_at_end_of_turn,
+        }
 
     def sampling(self, student: str) -> Sampling:
-        budget = self.max_new_tokens or default_max_new_tokens(student)
-        return Sampling(self.temperature, self.top_p, budget)
+        given = {k: v for k, v in self.values().items() if v is not None}
+        given.setdefault("max_new_tokens", default_max_new_tokens(student))
+        return Sampling(**given)
 
 
 @dataclass
@@ -75,20 +102,46 @@ class RunOptions:
 
 @dataclass
 class TrainOptions:
-    """Training options; None means: the toy preset's value, else the paper's."""
+    """Training options; None means: the preset's value, else the recipe's, else esr-lab's."""
 
+    recipe: Annotated[
+        str | None, _opt("esr-lab (default) or paper-code (the paper's released code).")
+    ] = None
     loss: Annotated[str, _opt("reverse_kl, forward_kl, jsd, sampled_token, topk_support.")] = (
         "reverse_kl"
     )
-    reduction: Annotated[str, _opt("sequence_sum (paper) or token_mean.")] = "sequence_sum"
+    reduction: Annotated[
+        str | None, _opt("sequence_sum [esr-lab], sequence_mean [paper-code] or token_mean.")
+    ] = None
     mask_special_tokens: Annotated[bool, _opt("Exclude special tokens from the loss.")] = False
+    loss_on_stop_token: Annotated[
+        bool | None,
+        _opt("Score the response's stop token [esr-lab: on; paper-code: off, stripped].",
+             show_default=False),
+    ] = None
+    teacher_prompt: Annotated[
+        str | None, _opt("Teacher reads its own template (own) or the student's prompt ids + "
+                         "its no-think marker (student) [esr-lab: own; paper-code: student].")
+    ] = None
     steps: Annotated[int | None, _opt("Training steps [paper: 200].")] = None
     batch: Annotated[int | None, _opt("Prompts per step [paper: 16].")] = None
     rollouts_per_prompt: Annotated[int, _opt("Rollouts per prompt.")] = 1
     micro_batch: Annotated[int | None, _opt("Rows per forward/backward.")] = None
     lr: Annotated[float | None, _opt("Learning rate [paper: 5e-5].")] = None
+    lr_schedule: Annotated[
+        str | None, _opt("constant [esr-lab] or cosine [paper-code].")
+    ] = None
+    warmup_ratio: Annotated[
+        float | None, _opt("Share of steps warming up [esr-lab: 0; paper-code: 0.1].")
+    ] = None
+    weight_decay: Annotated[
+        float | None, _opt("AdamW weight decay [esr-lab: 0; paper-code: 0.01].")
+    ] = None
     lora_rank: Annotated[int | None, _opt("LoRA rank [paper: 32].")] = None
     lora_alpha: Annotated[int | None, _opt("LoRA alpha [paper: 64].")] = None
+    lora_dropout: Annotated[
+        float | None, _opt("LoRA dropout [esr-lab: 0; paper-code: 0.05].")
+    ] = None
     full_finetune: Annotated[bool, _opt("Train all weights instead of LoRA.")] = False
     train_dataset: Annotated[str | None, _opt("Training prompts [toy: its generator].")] = None
     train_limit: Annotated[int | None, _opt("Training prompts used [paper: 3200].")] = None
@@ -96,31 +149,27 @@ class TrainOptions:
     eval_limit: Annotated[int | None, _opt("Eval problems used.")] = None
     eval_samples: Annotated[int, _opt("Samples per eval problem (avg@k).")] = 4
     eval_every: Annotated[int | None, _opt("Steps between evals/checkpoints [paper: 50].")] = None
+    eval_top_p: Annotated[
+        float | None, _opt("Eval top-p [default: --top-p; paper-code: 1.0].")
+    ] = None
+    eval_max_new_tokens: Annotated[
+        int | None, _opt("Eval response budget [default: --max-new-tokens; paper-code: 2048].")
+    ] = None
+    progressive_schedule: Annotated[
+        str | None, _opt("Progressive N: linear [esr-lab] or step (N = step) [paper-code].")
+    ] = None
     preset: Annotated[str | None, _opt("A preset in experiments/ (toy, paper-qwen, ...).")] = None
 
-    def config(
-        self,
-        models: ModelOptions,
-        sampling: SamplingOptions,
-        run: RunOptions,
-        command: str = "train",
-        **extra,
-    ):
-        """A TrainConfig: command line, then preset, then the paper's defaults."""
+    def config(self, models: ModelOptions, sampling: SamplingOptions, run: RunOptions, **extra):
+        """A TrainConfig: command line, then preset, then recipe, then dataclass defaults."""
         from esr_lab.train import TrainConfig
 
-        chosen = presets.defaults_for(models.student, "train", self.preset)
-        given = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name != "preset" and getattr(self, f.name) is not None
-        }
-        values = {**chosen, **given, **{k: v for k, v in extra.items() if v is not None}}
-        cfg = TrainConfig(
-            pair=models.pair(), sampling=sampling.sampling(models.student), seed=run.seed
-        )
-        known = {f.name for f in fields(TrainConfig)}
-        return replace(cfg, **{k: v for k, v in values.items() if k in known})
+        own = {f.name: getattr(self, f.name) for f in fields(self)}
+        own.pop("preset"), own.pop("recipe")
+        given = {**models.values(), **sampling.values(), **own, **extra, "seed": run.seed}
+        preset = presets.defaults_for(models.student, "train", self.preset)
+        values = recipes.settings(given, preset, models.student, self.recipe)
+        return TrainConfig.from_settings(values)
 
 
 GROUPS = (ModelOptions, SamplingOptions, RunOptions, TrainOptions)
@@ -211,6 +260,9 @@ def train(
     full: Annotated[bool, _opt("Full-rollout OPD instead of ESR.")] = False,
     selector: Annotated[str | None, _opt("Token selector (first_n, all, top_rkl, ...).")] = None,
     budget: Annotated[int | None, _opt("Positions per sequence for top-k selectors.")] = None,
+    progressive: Annotated[
+        str | None, _opt("ESR with N growing from START to END over training: START,END.")
+    ] = None,
 ) -> None:
     """Distil the teacher into the student with ESR (first N tokens) or full OPD."""
     from esr_lab import loop
@@ -218,7 +270,12 @@ def train(
     from esr_lab.figures import plot_training_curve
 
     chosen = selector or ("all" if full else "first_n")
-    cfg = options.config(models, sampling, run, n=n, selector=chosen, budget=budget)
+    schedule = parse_int_list(progressive, "--progressive") if progressive else None
+    if schedule is not None and len(schedule) != 2:
+        raise UserError(f"--progressive takes START,END like 5,200; got '{progressive}'")
+    cfg = options.config(
+        models, sampling, run, n=n, selector=chosen, budget=budget, progressive=schedule
+    )
     run_dir, summary = loop.run(cfg, run.results_dir, run.run_id, not run.quiet)
     import pandas as pd
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esr_lab import toy
-from esr_lab.prompts import DEFAULT_INSTRUCTION
+from esr_lab.prompts import DEFAULT_INSTRUCTION, PromptStyle
 
 TOY_MAX_NEW_TOKENS = 400  # toy answers run 100-300 tokens
 REAL_MAX_NEW_TOKENS = 4096  # MATH-500 answers of 1.5B-8B models run to several thousand
@@ -26,15 +26,26 @@ class ModelPair:
     instruction: str = DEFAULT_INSTRUCTION
     enable_thinking: bool = False
     threads: int | None = None  # CPU torch threads; None leaves torch's default
+    placement: str = "user"  # where the instruction goes: prompts.PLACEMENTS
+
+    @property
+    def style(self) -> PromptStyle:
+        return PromptStyle(self.instruction, self.placement, self.enable_thinking)
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Rollout sampling. The paper samples at temperature 0.7 with top-p 1.0."""
+    """Rollout sampling. The paper states temperature 0.7 and top-p 1.0 (its released code
+    samples training rollouts at top-p 0.95: `--recipe paper-code`).
+
+    `stop_at_end_of_turn`: a response also ends at the token that closes the assistant's turn
+    in the chat template (prompts.end_of_turn_id), not only at the model's EOS ids.
+    """
 
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = TOY_MAX_NEW_TOKENS
+    stop_at_end_of_turn: bool = True
 
 
 def default_dataset(student: str) -> str:

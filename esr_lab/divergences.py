@@ -22,7 +22,7 @@ from torch import Tensor
 from esr_lab.errors import UserError
 
 LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token", "topk_support")
-REDUCTIONS = ("sequence_sum", "token_mean")
+REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean")
 
 
 def _log_probs(logits: Tensor, temperature: float) -> Tensor:
@@ -170,11 +170,16 @@ def per_position_loss(
 def reduce_loss(per_pos_BT: Tensor, mask_BT: Tensor, mode: str = "sequence_sum") -> Tensor:
     """Scalar loss from per-position values over the selected positions.
 
-    "sequence_sum" is the paper's objective: sum over each sequence's selected positions, then
-    the mean over ALL sequences. A sequence with no selected position counts as 0 in that mean
-    rather than being dropped, so the step's scale depends on the batch size only and not on
-    which rows happened to be empty. "token_mean" is TRL's "batchmean": total over selected
-    positions divided by their number (0 when there are none).
+    "sequence_sum" is the paper's objective as written: sum over each sequence's selected
+    positions, then the mean over ALL sequences. A sequence with no selected position counts as
+    0 in that mean rather than being dropped, so the step's scale depends on the batch size only
+    and not on which rows happened to be empty.
+    "sequence_mean" is the paper's released code: each trajectory's mean over its selected
+    positions (`F.kl_div(..., reduction="batchmean")` on that trajectory), then the mean over
+    trajectories. The code drops empty trajectories, so rows with no selected position are left
+    out of the mean here too (0 when no row has any).
+    "token_mean" is TRL's "batchmean": total over selected positions divided by their number
+    (0 when there are none).
     Unselected positions are excluded with `where`, so NaN/inf there cannot leak into the sum.
     """
     if mode not in REDUCTIONS:
@@ -183,6 +188,10 @@ def reduce_loss(per_pos_BT: Tensor, mask_BT: Tensor, mode: str = "sequence_sum")
     kept_BT = torch.where(mask_BT, per_pos_BT, torch.zeros_like(per_pos_BT))
     if mode == "sequence_sum":
         return kept_BT.sum(-1).mean()
+    if mode == "sequence_mean":
+        counts_B = mask_BT.sum(-1)
+        means_B = kept_BT.sum(-1) / counts_B.clamp(min=1)
+        return means_B.sum() / (counts_B > 0).sum().clamp(min=1)
     return kept_BT.sum() / mask_BT.sum().clamp(min=1)
 
 

@@ -16,6 +16,7 @@ from esr_lab import grading
 from esr_lab.config import Sampling
 from esr_lab.data import Problem
 from esr_lab.policy import Policy
+from esr_lab.prompts import PromptStyle
 from esr_lab.rollout import row_seed
 
 
@@ -31,11 +32,16 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
 
 
 def sample_answers(
-    policy: Policy, problems: Sequence[Problem], k: int, sampling: Sampling, seed_keys: tuple
+    policy: Policy,
+    problems: Sequence[Problem],
+    k: int,
+    sampling: Sampling,
+    seed_keys: tuple,
+    style: PromptStyle | None = None,
 ) -> pd.DataFrame:
-    """k seeded samples per problem; one row per sample."""
+    """k seeded samples per problem (prompted in `style`, else the policy's own); one row each."""
     pairs = [(p, j) for p in problems for j in range(k)]
-    prompts = [policy.prompt_ids(p.problem) for p, _ in pairs]
+    prompts = [policy.prompt_ids(p.problem, style) for p, _ in pairs]
     seeds = [row_seed(*seed_keys, p.id, j) for p, j in pairs]
     rollouts = policy.engine.generate(prompts, seeds, sampling)
     responses = [policy.response_ids(rollouts, i) for i in range(len(pairs))]
@@ -75,13 +81,24 @@ def grade_samples(
 
 
 def majority_correct(group: pd.DataFrame) -> bool:
-    """maj@k: the most frequent extracted answer (first seen wins a tie) is a correct one."""
-    answered = group[group.answer.notna()]
-    if answered.empty:
+    """maj@k: the most voted answer (first seen wins a tie) is a correct one.
+
+    Votes go to classes of math-verify-equivalent answers, not to raw strings: "1/2", "0.5" and
+    "\\frac{1}{2}" are one answer. Each answer joins the first class whose first member it
+    equals; the class is correct when that first member was graded correct.
+    """
+    classes: list[list] = []  # [first answer, its correctness, votes]
+    for answer, correct in zip(group.answer, group.correct, strict=True):
+        if answer is None or (isinstance(answer, float) and math.isnan(answer)):
+            continue
+        match = next((c for c in classes if grading.same_answer(c[0], answer)), None)
+        if match is None:
+            classes.append([answer, bool(correct), 1])
+        else:
+            match[2] += 1
+    if not classes:
         return False
-    counts = answered.answer.value_counts(sort=False)
-    top = counts.index[counts.argmax()]
-    return bool(answered[answered.answer == top].correct.any())
+    return max(classes, key=lambda c: c[2])[1]  # max keeps the first of equal vote counts
 
 
 def accuracy_metrics(graded: pd.DataFrame) -> dict[str, float]:

@@ -136,3 +136,15 @@ def grade_math(response: str, gold: str, extraction: str = "last_boxed") -> bool
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
     except (Exception, TimeoutException):  # TimeoutException derives from BaseException
         return False
+
+
+def same_answer(first: str, second: str) -> bool:
+    """Whether two extracted answers are the same mathematical answer per math-verify
+    (identical strings always are); maj@k votes by this. Failures count as different."""
+    if first == second:
+        return True
+    try:
+        a, b = _parse_boxed(str(first)), _parse_boxed(str(second))
+        return bool(a and b and verify(a, b, timeout_seconds=_timeout()))
+    except (Exception, TimeoutException):
+        return False

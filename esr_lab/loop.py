@@ -1,8 +1,9 @@
 """The training loop: steps, evaluations, checkpoints, and resuming after a kill.
 
 A checkpoint is written at every evaluation (and the last step): the student's trainable
-weights (`save_pretrained`, so `esr-lab eval --adapter` can load it), the optimizer state, and
-the metrics up to that step. Rollouts draw their randomness from (seed, step, prompt, sample)
+weights (`save_pretrained`, so `esr-lab eval --adapter` can load it; full fine-tuning saves
+the float32 master weights), the optimizer and learning-rate schedule states, and the metrics
+up to that step. Rollouts draw their randomness from (seed, step, prompt, sample)
 only, so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
 """
 
@@ -42,6 +43,7 @@ def save_checkpoint(trainer: Trainer, run_dir: RunDir, step: int, steps, evals, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     trainer.model.save_pretrained(tmp / "model")
     torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(trainer.scheduler.state_dict(), tmp / "scheduler.pt")
     write_json(tmp / "state.json", {"step": step})
     if final.exists():
         shutil.rmtree(final)
@@ -73,6 +75,7 @@ def restore(trainer: Trainer, run_dir: RunDir) -> tuple[int, list, list, pd.Data
         return 0, [], [], pd.DataFrame()
     train.load_checkpoint_weights(trainer, folder / "model")
     trainer.optimizer.load_state_dict(torch.load(folder / "optimizer.pt"))
+    trainer.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
     step = json.loads((folder / "state.json").read_text())["step"]
     steps = pd.read_parquet(run_dir.path / "steps.parquet")
     evals = pd.read_parquet(run_dir.path / "evals.parquet")

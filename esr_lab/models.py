@@ -7,16 +7,23 @@ offline) becomes one `UserError` line; the loading itself is plain transformers.
 from __future__ import annotations
 
 import hashlib
+import socket
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from esr_lab import toy
 from esr_lab.errors import UserError
+from esr_lab.prompts import end_of_turn_id
 
 hf_logging.disable_progress_bar()  # esr-lab draws its own progress; stderr stays for errors
 
@@ -26,22 +33,53 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.
 
 @dataclass
 class LoadedModel:
-    """A model ready for rollouts and scoring, with the tokenizer that goes with it."""
+    """A model ready for rollouts and scoring, with the tokenizer that goes with it.
+
+    `dtype` is the precision the weights are stored (and trained) in; `compute_dtype`, when
+    set and different, is the precision forwards run in under autocast. Full fine-tuning in
+    bf16 keeps fp32 master weights this way: AdamW's step of 5e-5 on a bf16 weight of 1.0
+    (every RMSNorm) rounds away, so bf16 weights would never move.
+    """
 
     name: str
     model: Any
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
+    compute_dtype: torch.dtype | None = None
 
     @property
-    def stop_ids(self) -> list[int]:
-        """Every id that ends a response: the generation config's EOS list and the tokenizer's."""
+    def eos_ids(self) -> list[int]:
+        """The generation config's EOS list and the tokenizer's EOS."""
         ids = self.model.generation_config.eos_token_id
         ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
         if self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
         return sorted(set(ids))
+
+    @cached_property
+    def end_of_turn_id(self) -> int | None:
+        return end_of_turn_id(self.tokenizer)
+
+    def stop_ids(self, stop_at_end_of_turn: bool = True) -> list[int]:
+        """Every id that ends a response: the EOS ids, and the template's end of turn if asked."""
+        ids = set(self.eos_ids)
+        if stop_at_end_of_turn and self.end_of_turn_id is not None:
+            ids.add(self.end_of_turn_id)
+        return sorted(ids)
+
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model was built for (max_position_embeddings), if its config says."""
+        config = self.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return getattr(config, "max_position_embeddings", None)
+
+    def autocast(self) -> AbstractContextManager:
+        """Forwards in `compute_dtype` over higher-precision stored weights, else as stored."""
+        if self.compute_dtype is None or self.compute_dtype == self.dtype:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -84,7 +122,32 @@ def resolve_model_source(name: str) -> str:
             f"no model folder '{name}'; give a hub id (org/name), a folder saved with "
             f"save_pretrained, or a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
         )
+    _check_hub_reachable(name)
     return name
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within `timeout_s` seconds."""
+    url = urlparse(hub_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail in seconds, not after the hub client's retries, for an uncached id while offline."""
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: from_pretrained can load it without the network
+    if hub_constants.HF_HUB_OFFLINE or not hub_reachable():
+        raise UserError(
+            f"cannot load model '{name}': not in the local cache, and the hub "
+            f"({hub_constants.ENDPOINT}) cannot be reached; connect, or pass a local folder "
+            "saved with save_pretrained or "
+            f"a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
+        )
 
 
 def fingerprint(name: str) -> str:
@@ -123,14 +186,21 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Model and tokenizer in eval mode on the chosen device."""
+def load_model(
+    name: str, device: str = "auto", dtype: str = "auto", master_weights: bool = False
+) -> LoadedModel:
+    """Model and tokenizer in eval mode on the chosen device.
+
+    `master_weights`: a half-precision dtype becomes the compute dtype over float32 weights
+    (for full fine-tuning, where the optimizer updates the weights themselves).
+    """
     torch_device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, torch_device)
+    compute_dtype = pick_dtype(dtype, torch_device)
+    torch_dtype = torch.float32 if master_weights else compute_dtype
     tokenizer = load_tokenizer(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_source(name), dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise _hub_error(name, err) from err
     model.to(torch_device).eval()
-    return LoadedModel(name, model, tokenizer, torch_device, torch_dtype)
+    return LoadedModel(name, model, tokenizer, torch_device, torch_dtype, compute_dtype)

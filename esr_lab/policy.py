@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from esr_lab.config import ModelPair
 from esr_lab.models import LoadedModel, load_model
-from esr_lab.prompts import render_prompt
+from esr_lab.prompts import PromptStyle, no_think_marker, render_style
 from esr_lab.rollout import Rollouts, TransformersEngine
 
 
@@ -19,19 +20,36 @@ class Policy:
 
     loaded: LoadedModel
     engine: TransformersEngine
-    instruction: str
-    enable_thinking: bool
+    style: PromptStyle
 
     @property
     def tokenizer(self):
         return self.loaded.tokenizer
 
-    def prompt_ids(self, problem: str) -> list[int]:
-        text = render_prompt(self.tokenizer, problem, self.instruction, self.enable_thinking)
+    def prompt_ids(self, problem: str, style: PromptStyle | None = None) -> list[int]:
+        """The problem in this model's template, by its own style unless another is given."""
+        text = render_style(self.tokenizer, problem, style or self.style)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @cached_property
+    def no_think_ids(self) -> list[int]:
+        """The template's thinking-off marker as ids ([] when thinking is on or there is none)."""
+        if self.style.enable_thinking:
+            return []
+        marker = no_think_marker(self.tokenizer)
+        return self.tokenizer(marker, add_special_tokens=False).input_ids if marker else []
+
+    def strip_special_tail(self, ids: Sequence[int]) -> list[int]:
+        """A response without its trailing stop and special tokens (the released code's
+        `while response_ids[-1] in special_ids: pop()`), so that none of them carries loss."""
+        special = set(self.tokenizer.all_special_ids) | set(self.loaded.stop_ids(True))
+        end = len(ids)
+        while end and ids[end - 1] in special:
+            end -= 1
+        return list(ids[:end])
 
     @staticmethod
     def response_ids(rollouts: Rollouts, row: int) -> list[int]:
@@ -40,11 +58,11 @@ class Policy:
         return ids[:-1] if rollouts.finished[row] else ids
 
 
-def load_policy(name: str, pair: ModelPair, batch_size: int = 64) -> Policy:
+def load_policy(
+    name: str, pair: ModelPair, batch_size: int = 64, master_weights: bool = False
+) -> Policy:
     """Load `name` on the pair's device and dtype, rendering prompts as the pair says."""
-    loaded = load_model(name, pair.device, pair.dtype)
+    loaded = load_model(name, pair.device, pair.dtype, master_weights)
     if pair.threads and loaded.device.type == "cpu":
         torch.set_num_threads(pair.threads)  # process-wide: the last model loaded sets it
-    return Policy(
-        loaded, TransformersEngine(loaded, batch_size), pair.instruction, pair.enable_thinking
-    )
+    return Policy(loaded, TransformersEngine(loaded, batch_size), pair.style)

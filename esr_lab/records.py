@@ -55,6 +55,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "kl_selected",
         "kl_all",
         "grad_norm",
+        "lr",
         "rollout_tokens_mean",
         "selected_tokens_mean",
         "time_generation_s",

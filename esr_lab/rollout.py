@@ -18,7 +18,10 @@ import torch
 from transformers import DynamicCache
 
 from esr_lab.config import Sampling
+from esr_lab.console import console
 from esr_lab.models import LoadedModel
+
+_WARNED_CONTEXT: set[tuple[str, int]] = set()
 
 
 def row_seed(*keys: object) -> int:
@@ -89,6 +92,27 @@ def sample_next(
     return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
 
 
+def response_budgets(
+    loaded: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[int]:
+    """Per row, max_new_tokens capped so that prompt + response fit the model's context.
+
+    Qwen2.5-Math-1.5B has 4,096 positions: a 4,096-token budget would run past them and the
+    model would read positions it was never trained on. Said once per model and budget.
+    """
+    context = loaded.context_length
+    if context is None:
+        return [max_new_tokens] * len(prompts)
+    budgets = [max(0, min(max_new_tokens, context - len(p))) for p in prompts]
+    if min(budgets) < max_new_tokens and (loaded.name, max_new_tokens) not in _WARNED_CONTEXT:
+        _WARNED_CONTEXT.add((loaded.name, max_new_tokens))
+        console.print(
+            f"[yellow]note:[/] {loaded.name} has {context} positions; responses are capped at "
+            f"{context} minus the prompt (max_new_tokens {max_new_tokens} asked)"
+        )
+    return budgets
+
+
 class TransformersEngine:
     """Batched sampling with a transformers causal LM and its KV cache."""
 
@@ -118,7 +142,12 @@ class TransformersEngine:
     ) -> Rollouts:
         model, device = self.loaded.model, self.loaded.device
         pad_id = self.loaded.tokenizer.pad_token_id
-        stop_ids = torch.tensor(self.loaded.stop_ids, device=device)
+        stop_ids = torch.tensor(
+            self.loaded.stop_ids(sampling.stop_at_end_of_turn), device=device
+        )
+        budget_B = torch.tensor(
+            response_budgets(self.loaded, prompts, sampling.max_new_tokens), device=device
+        )
         ids_BL, mask_BL = (t.to(device) for t in left_pad(prompts, pad_id))
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -127,24 +156,28 @@ class TransformersEngine:
         tokens_BT = torch.full((batch, sampling.max_new_tokens), pad_id, device=device)
         logp_BT = torch.zeros((batch, sampling.max_new_tokens), device=device)
         done_B = torch.zeros(batch, dtype=torch.bool, device=device)
+        stopped_B = torch.zeros(batch, dtype=torch.bool, device=device)  # ended at a stop id
         lengths_B = torch.zeros(batch, dtype=torch.long, device=device)
         step_ids_BL = ids_BL
-        for t in range(sampling.max_new_tokens):
-            logits = model(
-                input_ids=step_ids_BL,
-                attention_mask=mask_BL,
-                position_ids=positions_BL,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
+        for t in range(int(budget_B.max())):
+            done_B |= lengths_B >= budget_B
+            if bool(done_B.all()):
+                break
+            with self.loaded.autocast():
+                logits = model(
+                    input_ids=step_ids_BL,
+                    attention_mask=mask_BL,
+                    position_ids=positions_BL,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1]
             next_B, next_logp_B = sample_next(logits, sampling, generators)
             tokens_BT[:, t] = torch.where(done_B, pad_id, next_B)
             logp_BT[:, t] = torch.where(done_B, 0.0, next_logp_B)
             lengths_B += (~done_B).long()
-            done_B |= torch.isin(next_B, stop_ids)
-            if bool(done_B.all()):
-                break
+            stopped_B |= ~done_B & torch.isin(next_B, stop_ids)
+            done_B |= stopped_B
             step_ids_BL = next_B[:, None]
             mask_BL = torch.cat([mask_BL, mask_BL.new_ones((batch, 1))], dim=-1)
             positions_BL = positions_BL[:, -1:] + 1
@@ -153,5 +186,5 @@ class TransformersEngine:
             prompt_ids=[list(p) for p in prompts],
             completion_ids=[tokens_BT[i, : lengths[i]].tolist() for i in range(batch)],
             logprobs=[logp_BT[i, : lengths[i]].tolist() for i in range(batch)],
-            finished=done_B.tolist(),
+            finished=stopped_B.tolist(),
         )

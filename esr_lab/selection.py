@@ -8,6 +8,8 @@ these, and at random. The scores are per-position statistics computed on full-le
 (see `divergences.chunked_position_stats`) and are expected to be finite.
 """
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -75,9 +77,22 @@ def top_k_by_score(score_BT: Tensor, response_mask_BT: Tensor, k: int) -> Tensor
     return chosen_BT & mask_BT
 
 
-def random_k(response_mask_BT: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k uniformly random response positions per row: the control for any scored selector."""
-    noise_BT = torch.rand(response_mask_BT.shape, generator=generator, device=generator.device)
+def random_k(
+    response_mask_BT: Tensor, k: int, generators: Sequence[torch.Generator], width: int = 0
+) -> Tensor:
+    """k uniformly random response positions per row: the control for any scored selector.
+
+    Each row draws its noise from its own generator, `max(width, T)` values long, and keeps the
+    first T: a row's positions depend on its generator's seed only, not on which rows share its
+    micro-batch or how wide that micro-batch is padded (give the same `width`, e.g. the rollout
+    budget, everywhere).
+    """
+    if len(generators) != response_mask_BT.shape[0]:
+        raise ValueError(f"random_k needs one generator per row, got {len(generators)}")
+    T = response_mask_BT.shape[-1]
+    noise_BT = torch.stack(
+        [torch.rand(max(width, T), generator=g, device=g.device)[:T] for g in generators]
+    )
     return top_k_by_score(noise_BT.to(response_mask_BT.device), response_mask_BT, k)
 
 
@@ -90,13 +105,15 @@ def select_positions(
     rkl_BT: Tensor | None = None,
     student_entropy_BT: Tensor | None = None,
     teacher_entropy_BT: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
+    noise_width: int = 0,
 ) -> Tensor:
     """Mask of loss-carrying positions by selector name; one of SELECTORS.
 
     "first_n" reads `n` (or `budget` when n is None, so a same-budget comparison can pass one
     number to every selector); top-k and random selectors read `budget`; products of
-    statistics multiply the named per-position tensors.
+    statistics multiply the named per-position tensors; "random" reads one generator per row
+    (see `random_k`).
     """
     if name not in SELECTORS:
         raise UserError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
@@ -110,9 +127,9 @@ def select_positions(
     if budget is None:
         raise ValueError(f"selector {name!r} needs budget")
     if name == "random":
-        if generator is None:
-            raise ValueError("selector 'random' needs a torch.Generator")
-        return random_k(response_mask_BT, budget, generator)
+        if generators is None:
+            raise ValueError("selector 'random' needs one torch.Generator per row")
+        return random_k(response_mask_BT, budget, generators, noise_width)
     stats = {
         "rkl_BT": rkl_BT,
         "student_entropy_BT": student_entropy_BT,
@@ -125,18 +142,30 @@ def select_positions(
     return top_k_by_score(score_BT, response_mask_BT, budget)
 
 
-def progressive_n(step: int, total_steps: int, n_start: int, n_end: int) -> int:
-    """N for this (0-based) step under a linear schedule from n_start to n_end.
+PROGRESSIVE_SCHEDULES = ("linear", "step")
 
-    N = round(n_start + (n_end - n_start) * step / (total_steps - 1)): n_start at the first
-    step, n_end at the last, and held at n_end for any step past it. The paper reports one
-    "progressive" run without its schedule; linear is the simplest reading.
+
+def progressive_n(
+    step: int, total_steps: int, n_start: int, n_end: int, schedule: str = "linear"
+) -> int:
+    """N for this (1-based) training step under a progressive schedule from n_start to n_end.
+
+    "linear": N = round(n_start + (n_end - n_start) * (step - 1) / (total_steps - 1)), so the
+    first step trains on n_start tokens, the last on n_end, and any step past it on n_end.
+    The paper reports one "progressive" run without its schedule; linear is the simplest reading.
+    "step": N = step, clipped to [n_start, n_end]: the released code's schedule (N = the step
+    number, 1, 2, ..., 200) is "step" with (1, 200).
     """
-    # Progressive ESR budget: ESR paper (arXiv 2605.27028) N sweep, schedule is our choice.
+    # Progressive ESR budget: ESR paper (arXiv 2605.27028) N sweep; "step" is its released code.
     _check_count("total_steps", total_steps)
     _check_count("n_start", n_start)
     _check_count("n_end", n_end)
-    if step < 0:
-        raise UserError(f"step={step} is not accepted; use an integer >= 0")
-    fraction = min(step / max(total_steps - 1, 1), 1.0)
+    _check_count("step", step)
+    if schedule not in PROGRESSIVE_SCHEDULES:
+        raise UserError(
+            f"unknown progressive schedule '{schedule}'; use {', '.join(PROGRESSIVE_SCHEDULES)}"
+        )
+    if schedule == "step":
+        return min(max(step, min(n_start, n_end)), max(n_start, n_end))
+    fraction = min((step - 1) / max(total_steps - 1, 1), 1.0)
     return round(n_start + (n_end - n_start) * fraction)

@@ -7,6 +7,10 @@ divergence, reduced as the paper's equation (sum over a sequence's positions, me
 sequences) -> one optimizer step. ESR differs from full OPD only in `max_new_tokens` and the
 first-N selector, so with N >= the rollout length the two steps are the same computation.
 
+Where the paper's released code trains differently from esr-lab's defaults (the loss reduction,
+the schedule, the stripped stop token, top-p, weight decay, LoRA dropout, the teacher's prompt),
+each difference is a field here, and `recipes.py` names the two sets of values.
+
 Work is split into micro-batches of rows with gradient accumulation (weights chosen so the
 accumulated gradient equals the one-batch gradient), because full-vocabulary logits of 16
 rollouts of thousands of tokens do not fit at once.
@@ -21,22 +25,24 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from esr_lab import divergences, evaluate, selection
-from esr_lab.config import ModelPair, Sampling, default_dataset
+from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.memory import PeakMemory
 from esr_lab.models import fingerprint, load_tokenizer
 from esr_lab.policy import Policy, load_policy
-from esr_lab.rollout import row_seed
+from esr_lab.prompts import PLACEMENTS, PromptStyle
+from esr_lab.rollout import row_seed, sampling_logprobs
 from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_vocab_size
 from esr_lab.toy import TOY_WORLDS
 
@@ -45,6 +51,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
 PHASES = ("generation", "teacher", "training")
+LR_SCHEDULES = ("constant", "cosine")
+TEACHER_PROMPTS = ("own", "student")
 
 
 @dataclass(frozen=True)
@@ -54,20 +62,27 @@ class TrainConfig:
     selector: str = "first_n"
     budget: int | None = None  # positions per sequence for top-k / random selectors
     progressive: tuple[int, int] | None = None  # (n_start, n_end): N grows over training
+    progressive_schedule: str = "linear"  # selection.PROGRESSIVE_SCHEDULES
     loss: str = "reverse_kl"
     loss_temperature: float = 1.0
     jsd_beta: float = 0.5
     topk: int = 32
-    reduction: str = "sequence_sum"
+    reduction: str = "sequence_sum"  # divergences.REDUCTIONS
     mask_special_tokens: bool = False
+    loss_on_stop_token: bool = True  # False: trailing stop/special tokens stripped before scoring
+    teacher_prompt: str = "own"  # "student": the student's prompt ids + the teacher's no-think
     steps: int = 200
     batch: int = 16
     rollouts_per_prompt: int = 1
     micro_batch: int = 4
     lr: float = 5e-5
+    lr_schedule: str = "constant"  # LR_SCHEDULES; "cosine" decays to 0 at the last step
+    warmup_ratio: float = 0.0  # share of the steps with a linear warm-up from 0
+    weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora_rank: int = 32
     lora_alpha: int = 64
+    lora_dropout: float = 0.0
     full_finetune: bool = False
     sampling: Sampling = field(default_factory=Sampling)
     train_dataset: str | None = None
@@ -76,15 +91,37 @@ class TrainConfig:
     eval_limit: int | None = None
     eval_samples: int = 4
     eval_every: int = 50
+    eval_instruction: str | None = None  # None: evaluation prompts are the training prompts
+    eval_placement: str | None = None
+    eval_top_p: float | None = None  # None: the rollouts' sampling settings
+    eval_max_new_tokens: int | None = None
     extraction: str = "last_boxed"
     seed: int = 0
     collapse_drop: float = 0.2  # relative drop from the peak that flags a collapse
+    recipe: str = "esr-lab"  # which named set of defaults filled the fields (recipes.RECIPES)
+
+    @classmethod
+    def from_settings(cls, values: dict) -> TrainConfig:
+        """A config from flat option values (recipes.settings): each key goes to the field of
+        that name in the model pair, the sampling settings or the config itself. The response
+        budget defaults by student (toy worlds are short, real answers long)."""
+        values = dict(values)
+        student = values.get("student", ModelPair.student)
+        values.setdefault("max_new_tokens", default_max_new_tokens(student))
+        nested = {"pair": ModelPair, "sampling": Sampling}
+        parts = {
+            name: kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values})
+            for name, kind in nested.items()
+        }
+        own = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        return cls(**{**own, **parts})
 
     @property
     def label(self) -> str:
         """A short name for tables: esr-100, full, progressive-5-200, top_rkl-100."""
         if self.progressive:
-            return f"progressive-{self.progressive[0]}-{self.progressive[1]}"
+            schedule = "" if self.progressive_schedule == "linear" else "step-"
+            return f"progressive-{schedule}{self.progressive[0]}-{self.progressive[1]}"
         if self.selector == "first_n":
             return f"esr-{self.n}"
         if self.selector == "all":
@@ -94,13 +131,35 @@ class TrainConfig:
     def rollout_tokens(self, step: int) -> int:
         """ESR stops sampling at N; every other selector sees full-length rollouts."""
         if self.progressive:
-            return selection.progressive_n(step, self.steps, *self.progressive)
+            return selection.progressive_n(
+                step, self.steps, *self.progressive, self.progressive_schedule
+            )
         if self.selector == "first_n":
             return min(self.n, self.sampling.max_new_tokens)
         return self.sampling.max_new_tokens
 
     def window(self, step: int) -> int | None:
         return self.rollout_tokens(step) if self.selector == "first_n" else None
+
+    @property
+    def eval_sampling(self) -> Sampling:
+        """Evaluation sampling: the rollouts' settings unless the recipe names its own."""
+        return replace(
+            self.sampling,
+            top_p=self.sampling.top_p if self.eval_top_p is None else self.eval_top_p,
+            max_new_tokens=self.eval_max_new_tokens or self.sampling.max_new_tokens,
+        )
+
+    @property
+    def eval_style(self) -> PromptStyle:
+        """Evaluation prompts: the student's training prompts unless the recipe names others."""
+        style = self.pair.style
+        return replace(
+            style,
+            instruction=style.instruction if self.eval_instruction is None
+            else self.eval_instruction,
+            placement=self.eval_placement or style.placement,
+        )
 
     def resolved(self) -> TrainConfig:
         """Defaults that depend on the student filled in; every bad value a one-line error."""
@@ -132,11 +191,52 @@ class TrainConfig:
                 )
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        self._check_recipe_fields()
         world = default_dataset(self.pair.student)
         return replace(
             self,
             train_dataset=self.train_dataset or (world if world != "math500" else "numinamath"),
             eval_dataset=self.eval_dataset or world,
+        )
+
+
+    def _check_recipe_fields(self) -> None:
+        """The options where esr-lab and the released code differ: one line per bad value."""
+        choices = {
+            "--reduction": (self.reduction, divergences.REDUCTIONS),
+            "--lr-schedule": (self.lr_schedule, LR_SCHEDULES),
+            "--teacher-prompt": (self.teacher_prompt, TEACHER_PROMPTS),
+            "--progressive-schedule": (self.progressive_schedule, selection.PROGRESSIVE_SCHEDULES),
+            "--placement": (self.pair.placement, PLACEMENTS),
+        }
+        for option, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise UserError(f"unknown {option} '{value}'; use {', '.join(allowed)}")
+        _check_fraction("--warmup-ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_fraction("--lora-dropout", self.lora_dropout, 0.0, 0.999)
+        _check_fraction("--top-p", self.sampling.top_p, 1e-6, 1.0)
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.loss == "sampled_token":
+            _check_sampled_token(self)
+
+
+def _check_fraction(option: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise UserError(f"{option} must be in [{low:g}, {high:g}], got {value}")
+
+
+def _check_sampled_token(cfg: TrainConfig) -> None:
+    """The sampled-token loss is a policy gradient: its log-probs must be those of the
+    distribution the rollouts were drawn from, so the loss is taken at the sampling
+    temperature (and nucleus); another --loss-temperature would make it off-policy."""
+    t = cfg.sampling.temperature
+    if t <= 0:
+        raise UserError("--loss sampled_token needs sampled rollouts (--temperature > 0), got 0")
+    if cfg.loss_temperature not in (1.0, t):
+        raise UserError(
+            f"--loss sampled_token is taken at the sampling temperature {t}; "
+            f"--loss-temperature {cfg.loss_temperature} would make it off-policy"
         )
 
 
@@ -155,6 +255,7 @@ class Trainer:
     student: Policy
     teacher: Policy
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     train_problems: list[Problem]
     eval_problems: list[Problem]
     shared_vocab: int
@@ -174,15 +275,30 @@ def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Fail on a missing dataset or model, or mismatched vocabularies, without loading weights."""
-    load_datasets(cfg)
+    """Fail on a missing model, mismatched vocabularies or a missing dataset, without loading
+    weights. Models first: they are the cheaper check and the likelier typo."""
     shared_vocab_size(load_tokenizer(cfg.pair.student), load_tokenizer(cfg.pair.teacher))
+    load_datasets(cfg)
+
+
+def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    """transformers' schedules, as the released code uses: warm-up over int(ratio * steps)
+    steps (the first step runs at lr 0 when there is a warm-up), then constant or a cosine
+    decay to 0 at the last step."""
+    warmup = int(cfg.steps * cfg.warmup_ratio)
+    if cfg.lr_schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, cfg.steps)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
 
 
 def setup(cfg: TrainConfig) -> Trainer:
-    """Load data and both models, wrap the student for LoRA or full fine-tuning."""
+    """Load data and both models, wrap the student for LoRA or full fine-tuning.
+
+    Full fine-tuning keeps float32 master weights under a half-precision compute dtype (see
+    models.LoadedModel); LoRA adapters are float32 already (peft casts them up).
+    """
     train_problems, eval_problems = load_datasets(cfg)
-    student = load_policy(cfg.pair.student, cfg.pair)
+    student = load_policy(cfg.pair.student, cfg.pair, master_weights=cfg.full_finetune)
     teacher = load_policy(cfg.pair.teacher, cfg.pair)
     shared = shared_vocab_size(student.tokenizer, teacher.tokenizer)
     torch.manual_seed(cfg.seed)  # LoRA's initial A matrices
@@ -190,17 +306,20 @@ def setup(cfg: TrainConfig) -> Trainer:
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
-            lora_dropout=0.0,
+            lora_dropout=cfg.lora_dropout,
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         )
         student.loaded.model = get_peft_model(student.loaded.model, lora)
     params = [p for p in student.loaded.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = list(range(len(train_problems)))
     random.Random(cfg.seed).shuffle(order)
     shuffled = [train_problems[i] for i in order]
-    return Trainer(cfg, student, teacher, optimizer, shuffled, eval_problems, shared)
+    return Trainer(
+        cfg, student, teacher, optimizer, lr_scheduler(cfg, optimizer), shuffled,
+        eval_problems, shared,
+    )
 
 
 @contextmanager
@@ -232,7 +351,8 @@ def step_problems(trainer: Trainer, step: int) -> list[Problem]:
 
 
 def rollout(trainer: Trainer, step: int) -> tuple[list[Problem], list[list[int]]]:
-    """Student samples for the step's prompts; responses keep their stop token."""
+    """Student samples for the step's prompts, as they will be scored: with their stop token,
+    or (loss_on_stop_token off) without their trailing stop and special tokens."""
     cfg = trainer.cfg
     rows = [(p, r) for p in step_problems(trainer, step) for r in range(cfg.rollouts_per_prompt)]
     prompts = [trainer.student.prompt_ids(p.problem) for p, _ in rows]
@@ -241,7 +361,18 @@ def rollout(trainer: Trainer, step: int) -> tuple[list[Problem], list[list[int]]
     trainer.model.eval()
     with phase(trainer, "generation"):
         rollouts = trainer.student.engine.generate(prompts, seeds, sampling)
-    return [p for p, _ in rows], rollouts.completion_ids
+    responses = rollouts.completion_ids
+    if not cfg.loss_on_stop_token:
+        responses = [trainer.student.strip_special_tail(ids) for ids in responses]
+    return [p for p, _ in rows], responses
+
+
+def teacher_prompt_ids(trainer: Trainer, problem: Problem) -> list[int]:
+    """What the teacher reads before the response: its own rendering of the problem, or (as the
+    released code) the student's prompt tokens followed by the teacher's no-think marker."""
+    if trainer.cfg.teacher_prompt == "student":
+        return trainer.student.prompt_ids(problem.problem) + trainer.teacher.no_think_ids
+    return trainer.teacher.prompt_ids(problem.problem)
 
 
 def loss_mask(trainer: Trainer, batch: ScoringBatch) -> torch.Tensor:
@@ -249,15 +380,24 @@ def loss_mask(trainer: Trainer, batch: ScoringBatch) -> torch.Tensor:
     mask_BT = batch.response_mask_BT & (batch.response_ids_BT < trainer.shared_vocab)
     if trainer.cfg.mask_special_tokens:
         tokenizer = trainer.student.tokenizer
-        special = set(tokenizer.all_special_ids) - set(trainer.student.loaded.stop_ids)
-        mask_BT &= ~torch.isin(batch.response_ids_BT, torch.tensor(sorted(special) or [-1]))
+        stops = trainer.student.loaded.stop_ids(trainer.cfg.sampling.stop_at_end_of_turn)
+        special = sorted(set(tokenizer.all_special_ids) - set(stops)) or [-1]
+        ids = torch.tensor(special, device=batch.response_ids_BT.device)
+        mask_BT &= ~torch.isin(batch.response_ids_BT, ids)
     return mask_BT
 
 
-def select(trainer, step, mask_BT, stats) -> torch.Tensor:
-    """The selector's positions for these rows (stats only for score-based selectors)."""
+def select(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.Tensor:
+    """The selector's positions for these rows (stats only for score-based selectors).
+
+    `first_row` is the index of the first of these rows in the step's batch: random selection
+    draws each row's noise from that row's own seed, whatever micro-batch it falls in.
+    """
     cfg = trainer.cfg
-    generator = torch.Generator().manual_seed(row_seed(cfg.seed, step, "select"))
+    generators = [
+        torch.Generator().manual_seed(row_seed(cfg.seed, step, "select", first_row + i))
+        for i in range(mask_BT.shape[0])
+    ] if cfg.selector == "random" else None
     chosen = selection.select_positions(
         cfg.selector,
         mask_BT.cpu(),
@@ -266,13 +406,28 @@ def select(trainer, step, mask_BT, stats) -> torch.Tensor:
         rkl_BT=_cpu(stats, "reverse_kl"),
         student_entropy_BT=_cpu(stats, "student_entropy"),
         teacher_entropy_BT=_cpu(stats, "teacher_entropy"),
-        generator=generator,
+        generators=generators,
+        noise_width=cfg.sampling.max_new_tokens,
     )
     return chosen.to(mask_BT.device) & mask_BT
 
 
 def _cpu(stats: dict | None, key: str) -> torch.Tensor | None:
     return None if stats is None else stats[key].float().cpu()
+
+
+def sampled_token_logps(trainer, s_logits, t_logits, tokens_BT) -> dict[str, torch.Tensor]:
+    """log-probs of the sampled tokens for the policy-gradient loss, on-policy: the student's
+    under the distribution it sampled from (temperature, then nucleus), the teacher's at the
+    same temperature, so the estimate targets KL(student_T || teacher_T)."""
+    sampling = trainer.cfg.sampling
+    student_BTV = sampling_logprobs(s_logits, sampling.temperature, sampling.top_p)
+    teacher_BTV = torch.log_softmax(t_logits.float() / sampling.temperature, -1)
+    index_BT1 = tokens_BT[..., None]
+    return {
+        "student_logp_BT": student_BTV.gather(-1, index_BT1).squeeze(-1),
+        "teacher_logp_BT": teacher_BTV.gather(-1, index_BT1).squeeze(-1),
+    }
 
 
 def per_position_loss(trainer, s_logits, t_logits, tokens_BT) -> torch.Tensor:
@@ -282,14 +437,7 @@ def per_position_loss(trainer, s_logits, t_logits, tokens_BT) -> torch.Tensor:
         return divergences.chunked_reverse_kl(s_logits, t_logits, temperature=cfg.loss_temperature)
     logp = {}
     if cfg.loss == "sampled_token":
-        logp = {
-            "student_logp_BT": torch.log_softmax(s_logits.float(), -1)
-            .gather(-1, tokens_BT[..., None])
-            .squeeze(-1),
-            "teacher_logp_BT": torch.log_softmax(t_logits.float(), -1)
-            .gather(-1, tokens_BT[..., None])
-            .squeeze(-1),
-        }
+        logp = sampled_token_logps(trainer, s_logits, t_logits, tokens_BT)
     return divergences.per_position_loss(
         cfg.loss,
         s_logits,
@@ -314,15 +462,21 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         trainer.student.tokenizer.pad_token_id,
     )
     teacher_batch = build_batch(
-        [trainer.teacher.prompt_ids(p.problem) for p in problems],
+        [teacher_prompt_ids(trainer, p) for p in problems],
         responses,
         trainer.teacher.tokenizer.pad_token_id,
     )
     full_mask_BT = loss_mask(trainer, student_batch)
-    total_selected = int(select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT)).sum())
-    trainer.model.train()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    batch_selected_BT = select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT))
     totals = {"loss": 0.0, "kl_selected": 0.0, "kl_all": 0.0, "selected": 0, "tokens": 0}
+    norms = {
+        "token_mean": int(batch_selected_BT.sum()),
+        "sequence_mean": int(batch_selected_BT.any(-1).sum()),
+        "sequence_sum": len(responses),
+    }
+    trainer.model.train()
+    torch.manual_seed(row_seed(cfg.seed, step, "dropout"))  # LoRA dropout: resumable, exact
+    trainer.optimizer.zero_grad(set_to_none=True)
     rows = len(responses)
     for start in range(0, rows, cfg.micro_batch):
         rows_mb = slice(start, min(start + cfg.micro_batch, rows))
@@ -331,8 +485,8 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             step,
             student_batch.rows(rows_mb).to(device),
             teacher_batch.rows(rows_mb).to(device),
-            rows,
-            total_selected,
+            start,
+            max(norms[cfg.reduction], 1),
             totals,
         )
     with phase(trainer, "training"):
@@ -343,8 +497,10 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
                 f"step {step}: loss {totals['loss']} / grad norm {grad_norm} is not finite; "
                 "stopped, the last good checkpoint is kept"
             )
+        lr = trainer.scheduler.get_last_lr()[0]
         trainer.optimizer.step()
-    return _step_metrics(trainer, step, totals, grad_norm, responses, device)
+        trainer.scheduler.step()
+    return _step_metrics(trainer, step, totals, grad_norm, lr, responses, device)
 
 
 def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -353,23 +509,32 @@ def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"reverse_kl": zeros, "student_entropy": zeros, "teacher_entropy": zeros}
 
 
-def _micro_step(trainer, step, s_batch, t_batch, rows, total_selected, totals) -> None:
+def micro_batch_weight(reduction: str, selected_BT: torch.Tensor, batch_norm: int) -> float:
+    """Weight of a micro-batch's reduced loss so that the weighted micro-batch losses add up to
+    the whole batch's: its share of the rows (sequence_sum), of the rows with a selected
+    position (sequence_mean), or of the selected positions (token_mean)."""
+    if reduction == "sequence_sum":
+        return selected_BT.shape[0] / batch_norm
+    if reduction == "sequence_mean":
+        return int(selected_BT.any(-1).sum()) / batch_norm
+    return int(selected_BT.sum()) / batch_norm
+
+
+def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) -> None:
     """Forward and backward over a few rows, weighted so gradients add up to the batch's."""
     cfg, vocab = trainer.cfg, trainer.shared_vocab
-    with phase(trainer, "teacher"), torch.no_grad():
+    with phase(trainer, "teacher"), torch.no_grad(), trainer.teacher.loaded.autocast():
         t_logits = response_logits(trainer.teacher.loaded.model, t_batch)[..., :vocab]
     with phase(trainer, "training"):
-        s_logits = response_logits(trainer.model, s_batch)[..., :vocab]
+        with trainer.student.loaded.autocast():
+            s_logits = response_logits(trainer.model, s_batch)[..., :vocab]
         mask_BT = loss_mask(trainer, s_batch)
         stats = None
         if cfg.selector in STAT_SELECTORS or cfg.loss != "reverse_kl":
             stats = divergences.chunked_position_stats(s_logits.detach(), t_logits)
-        selected_BT = select(trainer, step, mask_BT, stats)
+        selected_BT = select(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = per_position_loss(trainer, s_logits, t_logits, s_batch.response_ids_BT)
-        if cfg.reduction == "sequence_sum":
-            weight = s_batch.response_ids_BT.shape[0] / rows
-        else:
-            weight = int(selected_BT.sum()) / max(total_selected, 1)
+        weight = micro_batch_weight(cfg.reduction, selected_BT, batch_norm)
         loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction) * weight
         loss.backward()
     kl_BT = per_pos_BT.detach() if stats is None else stats["reverse_kl"]
@@ -380,7 +545,7 @@ def _micro_step(trainer, step, s_batch, t_batch, rows, total_selected, totals) -
     totals["tokens"] += int(mask_BT.sum())
 
 
-def _step_metrics(trainer, step, totals, grad_norm, responses, device) -> dict[str, float]:
+def _step_metrics(trainer, step, totals, grad_norm, lr, responses, device) -> dict[str, float]:
     times = {f"time_{k}_s": trainer.timings.get(k, 0.0) for k in PHASES}
     return {
         "step": step,
@@ -388,6 +553,7 @@ def _step_metrics(trainer, step, totals, grad_norm, responses, device) -> dict[s
         "kl_selected": totals["kl_selected"] / max(totals["selected"], 1),
         "kl_all": totals["kl_all"] / max(totals["tokens"], 1),
         "grad_norm": grad_norm,
+        "lr": lr,
         "rollout_tokens_mean": sum(map(len, responses)) / len(responses),
         "selected_tokens_mean": totals["selected"] / len(responses),
         **times,
@@ -399,15 +565,17 @@ def _step_metrics(trainer, step, totals, grad_norm, responses, device) -> dict[s
 
 
 def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.DataFrame]:
-    """avg@k, pass@k, maj@k and the collapse signature of the current student."""
+    """avg@k, pass@k, maj@k and the collapse signature of the current student, with the
+    evaluation's own prompt and sampling settings (the recipe's; by default the training ones)."""
     cfg = trainer.cfg
     trainer.model.eval()
     samples = evaluate.sample_answers(
         trainer.student,
         trainer.eval_problems,
         cfg.eval_samples,
-        cfg.sampling,
+        cfg.eval_sampling,
         (cfg.seed, "eval", step),
+        cfg.eval_style,
     )
     graded = evaluate.grade_samples(samples, trainer.eval_problems, cfg.extraction)
     return {"step": step, **evaluate.accuracy_metrics(graded)}, graded
@@ -424,7 +592,7 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 
 def load_checkpoint_weights(trainer: Trainer, folder: Path) -> None:
-    """Put a checkpoint's trainable weights back into the student."""
+    """Put a checkpoint's trainable weights back into the student (at master precision)."""
     if trainer.cfg.full_finetune:
         from transformers import AutoModelForCausalLM
 

@@ -243,6 +243,32 @@ def test_reduce_loss_hand_example() -> None:
         reduce_loss(per_pos_BT, mask_BT, "mean")
 
 
+def test_sequence_mean_is_the_released_codes_per_trajectory_mean() -> None:
+    per_pos_BT = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    mask_BT = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # trajectory means (1 + 2 + 3) / 3 = 2 and 4 / 1 = 4 -> mean 3
+    assert reduce_loss(per_pos_BT, mask_BT, "sequence_mean").item() == pytest.approx(3.0)
+    # a trajectory with no selected position is left out, as the released code drops it
+    with_empty_BT = torch.cat([mask_BT, torch.zeros(1, 4, dtype=torch.long)])
+    three_BT = torch.cat([per_pos_BT, torch.full((1, 4), 7.0)])
+    assert reduce_loss(three_BT, with_empty_BT, "sequence_mean").item() == pytest.approx(3.0)
+    assert reduce_loss(per_pos_BT, torch.zeros_like(mask_BT), "sequence_mean").item() == 0.0
+    # equal to F.kl_div's "batchmean" per trajectory, then a mean over trajectories
+    s_logits, t_logits = torch.randn(2, 4, 7), torch.randn(2, 4, 7)
+    rkl_BT = reverse_kl(s_logits, t_logits)
+    per_traj = [
+        F.kl_div(
+            torch.log_softmax(t_logits[b][mask_BT[b].bool()], -1),
+            torch.log_softmax(s_logits[b][mask_BT[b].bool()], -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        for b in range(2)
+    ]
+    expected = torch.stack(per_traj).mean()
+    torch.testing.assert_close(reduce_loss(rkl_BT, mask_BT, "sequence_mean"), expected)
+
+
 def test_reduce_loss_gradient_only_on_selected() -> None:
     per_pos_BT = torch.ones(2, 3, requires_grad=True)
     mask_BT = torch.tensor([[True, False, False], [True, True, True]])

@@ -16,7 +16,7 @@ def test_loads_a_save_pretrained_folder(byte_model_dir):
     loaded = load_model(str(byte_model_dir), device="cpu")
     assert loaded.dtype == torch.float32 and loaded.device.type == "cpu"
     assert loaded.tokenizer.padding_side == "left"
-    assert loaded.stop_ids == [loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert loaded.stop_ids() == [loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 def test_dtype_override_and_auto():

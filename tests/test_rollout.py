@@ -45,7 +45,7 @@ def test_greedy_matches_transformers_generate(byte_model_dir):
         attention_mask=mask,
         do_sample=False,
         max_new_tokens=8,
-        eos_token_id=eng.loaded.stop_ids,
+        eos_token_id=eng.loaded.stop_ids(),
         pad_token_id=pad,
     )
     for i, row in enumerate(out.completion_ids):

@@ -93,17 +93,34 @@ def test_top_k_by_score_ties_are_deterministic_on_long_rows() -> None:
         assert got[b].nonzero()[:, 0].tolist() == sorted(best)
 
 
+def _gens(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
 def test_random_k_is_reproducible_and_respects_mask() -> None:
-    a = random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(7))
-    b = random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(7))
+    a = random_k(RESPONSE_BT, 2, _gens(7, 8, 9, 10))
+    b = random_k(RESPONSE_BT, 2, _gens(7, 8, 9, 10))
     assert torch.equal(a, b)
     assert not (a & ~RESPONSE_BT).any()
     assert a.sum(-1).tolist() == [2, 2, 2, 0]
-    draws = {
-        tuple(random_k(RESPONSE_BT, 2, torch.Generator().manual_seed(s))[0].tolist())
-        for s in range(10)
-    }
+    draws = {tuple(random_k(RESPONSE_BT, 2, _gens(s, 0, 0, 0))[0].tolist()) for s in range(10)}
     assert len(draws) > 1
+
+
+def test_random_k_rows_do_not_depend_on_their_batch() -> None:
+    """A row's positions come from its own seed: split into micro-batches, or padded wider,
+    it gets the same positions (the old selector drew one noise tensor per batch, so rows in
+    different micro-batches shared positions and the choice depended on --micro-batch)."""
+    mask_BT = torch.ones(4, 30, dtype=torch.bool)
+    whole = random_k(mask_BT, 5, _gens(1, 2, 3, 4), width=64)
+    halves = torch.cat(
+        [random_k(mask_BT[:2], 5, _gens(1, 2), width=64), random_k(mask_BT[2:], 5, _gens(3, 4), 64)]
+    )
+    assert torch.equal(whole, halves)
+    wider = random_k(torch.ones(4, 40, dtype=torch.bool) & (torch.arange(40) < 30), 5,
+                     _gens(1, 2, 3, 4), width=64)
+    assert torch.equal(wider[:, :30], whole)
+    assert len({tuple(row.tolist()) for row in whole}) == 4  # rows differ from each other
 
 
 def test_select_positions_dispatch() -> None:
@@ -127,8 +144,8 @@ def test_select_positions_dispatch() -> None:
     assert torch.equal(select_positions("first_n", RESPONSE_BT, n=2), first_n(RESPONSE_BT, 2))
     assert torch.equal(select_positions("first_n", RESPONSE_BT, budget=2), first_n(RESPONSE_BT, 2))
     assert torch.equal(select_positions("all", RESPONSE_BT), RESPONSE_BT)
-    gen = torch.Generator().manual_seed(1)
-    assert select_positions("random", RESPONSE_BT, budget=2, generator=gen).sum().item() == 6
+    gens = _gens(1, 2, 3, 4)
+    assert select_positions("random", RESPONSE_BT, budget=2, generators=gens).sum().item() == 6
     assert set(top_row) | {"first_n", "all", "random"} == set(SELECTORS)
 
 
@@ -148,9 +165,23 @@ def test_select_positions_errors() -> None:
 
 
 def test_progressive_n_linear_schedule() -> None:
-    assert [progressive_n(s, 5, 10, 50) for s in range(7)] == [10, 20, 30, 40, 50, 50, 50]
-    assert progressive_n(0, 1, 10, 50) == 10
-    assert progressive_n(3, 4, 100, 20) == 20
+    # Steps are 1-based: the first step trains on n_start, the last on n_end.
+    assert [progressive_n(s, 5, 10, 50) for s in range(1, 8)] == [10, 20, 30, 40, 50, 50, 50]
+    assert progressive_n(1, 1, 10, 50) == 10
+    assert progressive_n(4, 4, 100, 20) == 20
+    # The paper's 5 -> 200 over 200 steps: 5 at step 1 (was 6), 200 only at step 200 (was 199).
+    assert progressive_n(1, 200, 5, 200) == 5
+    assert progressive_n(199, 200, 5, 200) == 199
+    assert progressive_n(200, 200, 5, 200) == 200
+
+
+def test_progressive_n_step_schedule_is_the_step_number() -> None:
+    assert [progressive_n(s, 200, 1, 200, "step") for s in (1, 2, 50, 200, 250)] == [
+        1, 2, 50, 200, 200
+    ]
+    assert progressive_n(2, 200, 5, 200, "step") == 5
+    with pytest.raises(UserError, match="unknown progressive schedule 'cubic'"):
+        progressive_n(1, 10, 1, 5, "cubic")
     with pytest.raises(UserError, match="n_start"):
         progressive_n(0, 10, 0, 50)
     with pytest.raises(UserError, match="step"):
