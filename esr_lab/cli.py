@@ -52,9 +52,14 @@ class ModelOptions:
         # Tiny toy models run fastest on one thread: their matrices are too small to split.
         threads = self.threads or (1 if toy.is_toy_model(self.student) else None)
         return {
-            "student": self.student, "teacher": self.teacher, "device": self.device,
-            "dtype": self.dtype, "instruction": self.instruction,
-            "enable_thinking": self.thinking, "threads": threads, "placement": self.placement,
+            "student": self.student,
+            "teacher": self.teacher,
+            "device": self.device,
+            "dtype": self.dtype,
+            "instruction": self.instruction,
+            "enable_thinking": self.thinking,
+            "threads": threads,
+            "placement": self.placement,
         }
 
     def pair(self) -> ModelPair:
@@ -65,22 +70,26 @@ class ModelOptions:
 class SamplingOptions:
     temperature: Annotated[float, _opt("Sampling temperature (0: greedy).", min=0.0)] = 0.7
     top_p: Annotated[
-        float | None, _opt("Nucleus sampling mass [esr-lab: 1.0; paper-code: 0.95].", min=0.0,
-                           max=1.0)
+        float | None,
+        _opt("Nucleus sampling mass [esr-lab: 1.0; paper-code: 0.95].", min=0.0, max=1.0),
     ] = None
     max_new_tokens: Annotated[
         int | None, _opt("Response budget in tokens [default: 400 toy, 4096 real].", min=1)
     ] = None
     stop_at_end_of_turn: Annotated[
         bool | None,
-        _opt("Also stop a response at the chat template's end-of-turn token [esr-lab: on; "
-             "paper-code: off].", show_default=False),
+        _opt(
+            "Also stop a response at the chat template's end-of-turn token [esr-lab: on; "
+            "paper-code: off].",
+            show_default=False,
+        ),
     ] = None
 
     def values(self) -> dict:
         """The options as Sampling field values (None: not given)."""
         return {
-            "temperature": self.temperature, "top_p": self.top_p,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
             "stop_at_end_of_turn": self.stop_at_end_of_turn,
         }
@@ -116,21 +125,24 @@ class TrainOptions:
     mask_special_tokens: Annotated[bool, _opt("Exclude special tokens from the loss.")] = False
     loss_on_stop_token: Annotated[
         bool | None,
-        _opt("Score the response's stop token [esr-lab: on; paper-code: off, stripped].",
-             show_default=False),
+        _opt(
+            "Score the response's stop token [esr-lab: on; paper-code: off, stripped].",
+            show_default=False,
+        ),
     ] = None
     teacher_prompt: Annotated[
-        str | None, _opt("Teacher reads its own template (own) or the student's prompt ids + "
-                         "its no-think marker (student) [esr-lab: own; paper-code: student].")
+        str | None,
+        _opt(
+            "Teacher reads its own template (own) or the student's prompt ids + "
+            "its no-think marker (student) [esr-lab: own; paper-code: student]."
+        ),
     ] = None
     steps: Annotated[int | None, _opt("Training steps [paper: 200].")] = None
     batch: Annotated[int | None, _opt("Prompts per step [paper: 16].")] = None
     rollouts_per_prompt: Annotated[int, _opt("Rollouts per prompt.")] = 1
     micro_batch: Annotated[int | None, _opt("Rows per forward/backward.")] = None
     lr: Annotated[float | None, _opt("Learning rate [paper: 5e-5].")] = None
-    lr_schedule: Annotated[
-        str | None, _opt("constant [esr-lab] or cosine [paper-code].")
-    ] = None
+    lr_schedule: Annotated[str | None, _opt("constant [esr-lab] or cosine [paper-code].")] = None
     warmup_ratio: Annotated[
         float | None, _opt("Share of steps warming up [esr-lab: 0; paper-code: 0.1].")
     ] = None
@@ -139,9 +151,9 @@ class TrainOptions:
     ] = None
     lora_rank: Annotated[int | None, _opt("LoRA rank [paper: 32].")] = None
     lora_alpha: Annotated[int | None, _opt("LoRA alpha [paper: 64].")] = None
-    lora_dropout: Annotated[
-        float | None, _opt("LoRA dropout [esr-lab: 0; paper-code: 0.05].")
-    ] = None
+    lora_dropout: Annotated[float | None, _opt("LoRA dropout [esr-lab: 0; paper-code: 0.05].")] = (
+        None
+    )
     full_finetune: Annotated[bool, _opt("Train all weights instead of LoRA.")] = False
     train_dataset: Annotated[str | None, _opt("Training prompts [toy: its generator].")] = None
     train_limit: Annotated[int | None, _opt("Training prompts used [paper: 3200].")] = None
@@ -149,9 +161,9 @@ class TrainOptions:
     eval_limit: Annotated[int | None, _opt("Eval problems used.")] = None
     eval_samples: Annotated[int, _opt("Samples per eval problem (avg@k).")] = 4
     eval_every: Annotated[int | None, _opt("Steps between evals/checkpoints [paper: 50].")] = None
-    eval_top_p: Annotated[
-        float | None, _opt("Eval top-p [default: --top-p; paper-code: 1.0].")
-    ] = None
+    eval_top_p: Annotated[float | None, _opt("Eval top-p [default: --top-p; paper-code: 1.0].")] = (
+        None
+    )
     eval_max_new_tokens: Annotated[
         int | None, _opt("Eval response budget [default: --max-new-tokens; paper-code: 2048].")
     ] = None
@@ -620,9 +632,19 @@ def reproduce_command(
     commands = typer.main.get_command(app).commands
 
     def invoke(step: str) -> None:
-        args = [step, "--student", student, "--teacher", teacher, "--run-id",
-                f"reproduce-{preset}", "--results-dir", str(results_dir),
-                "--figures-dir", str(figures_dir)]
+        args = [
+            step,
+            "--student",
+            student,
+            "--teacher",
+            teacher,
+            "--run-id",
+            f"reproduce-{preset}",
+            "--results-dir",
+            str(results_dir),
+            "--figures-dir",
+            str(figures_dir),
+        ]
         names = {p.name for p in commands[step].params}
         args += ["--preset", preset] if "preset" in names and world is None else []
         args += ["--quiet"] if quiet else []

@@ -22,9 +22,7 @@ from esr_lab.errors import UserError
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # The released code's MATH-500 evaluation instruction (eval_math500.py).
-PAPER_EVAL_INSTRUCTION = (
-    "Let's think step by step and output the final answer within \\boxed{}."
-)
+PAPER_EVAL_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 PLACEMENTS = ("user", "system", "user-inline")
 
 

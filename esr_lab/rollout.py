@@ -142,9 +142,7 @@ class TransformersEngine:
     ) -> Rollouts:
         model, device = self.loaded.model, self.loaded.device
         pad_id = self.loaded.tokenizer.pad_token_id
-        stop_ids = torch.tensor(
-            self.loaded.stop_ids(sampling.stop_at_end_of_turn), device=device
-        )
+        stop_ids = torch.tensor(self.loaded.stop_ids(sampling.stop_at_end_of_turn), device=device)
         budget_B = torch.tensor(
             response_budgets(self.loaded, prompts, sampling.max_new_tokens), device=device
         )

@@ -156,7 +156,8 @@ class TrainConfig:
         style = self.pair.style
         return replace(
             style,
-            instruction=style.instruction if self.eval_instruction is None
+            instruction=style.instruction
+            if self.eval_instruction is None
             else self.eval_instruction,
             placement=self.eval_placement or style.placement,
         )
@@ -198,7 +199,6 @@ class TrainConfig:
             train_dataset=self.train_dataset or (world if world != "math500" else "numinamath"),
             eval_dataset=self.eval_dataset or world,
         )
-
 
     def _check_recipe_fields(self) -> None:
         """The options where esr-lab and the released code differ: one line per bad value."""
@@ -317,8 +317,14 @@ def setup(cfg: TrainConfig) -> Trainer:
     random.Random(cfg.seed).shuffle(order)
     shuffled = [train_problems[i] for i in order]
     return Trainer(
-        cfg, student, teacher, optimizer, lr_scheduler(cfg, optimizer), shuffled,
-        eval_problems, shared,
+        cfg,
+        student,
+        teacher,
+        optimizer,
+        lr_scheduler(cfg, optimizer),
+        shuffled,
+        eval_problems,
+        shared,
     )
 
 
@@ -394,10 +400,14 @@ def select(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.Tensor:
     draws each row's noise from that row's own seed, whatever micro-batch it falls in.
     """
     cfg = trainer.cfg
-    generators = [
-        torch.Generator().manual_seed(row_seed(cfg.seed, step, "select", first_row + i))
-        for i in range(mask_BT.shape[0])
-    ] if cfg.selector == "random" else None
+    generators = (
+        [
+            torch.Generator().manual_seed(row_seed(cfg.seed, step, "select", first_row + i))
+            for i in range(mask_BT.shape[0])
+        ]
+        if cfg.selector == "random"
+        else None
+    )
     chosen = selection.select_positions(
         cfg.selector,
         mask_BT.cpu(),

@@ -117,8 +117,12 @@ def test_random_k_rows_do_not_depend_on_their_batch() -> None:
         [random_k(mask_BT[:2], 5, _gens(1, 2), width=64), random_k(mask_BT[2:], 5, _gens(3, 4), 64)]
     )
     assert torch.equal(whole, halves)
-    wider = random_k(torch.ones(4, 40, dtype=torch.bool) & (torch.arange(40) < 30), 5,
-                     _gens(1, 2, 3, 4), width=64)
+    wider = random_k(
+        torch.ones(4, 40, dtype=torch.bool) & (torch.arange(40) < 30),
+        5,
+        _gens(1, 2, 3, 4),
+        width=64,
+    )
     assert torch.equal(wider[:, :30], whole)
     assert len({tuple(row.tolist()) for row in whole}) == 4  # rows differ from each other
 
@@ -177,7 +181,11 @@ def test_progressive_n_linear_schedule() -> None:
 
 def test_progressive_n_step_schedule_is_the_step_number() -> None:
     assert [progressive_n(s, 200, 1, 200, "step") for s in (1, 2, 50, 200, 250)] == [
-        1, 2, 50, 200, 200
+        1,
+        2,
+        50,
+        200,
+        200,
     ]
     assert progressive_n(2, 200, 5, 200, "step") == 5
     with pytest.raises(UserError, match="unknown progressive schedule 'cubic'"):
