@@ -2,7 +2,7 @@
 .PHONY: setup demo test
 
 setup:
-	bash scripts/setup.sh
+	@bash scripts/setup.sh
 
 demo: setup
 	.venv/bin/esr-lab decay

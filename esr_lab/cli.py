@@ -215,6 +215,19 @@ def with_options(func):
     return command
 
 
+def _without_num_processes(argv: list[str]) -> list[str]:
+    """The command line minus `--num-processes N`, for the processes it launches."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--num-processes="):
+            skip = False
+            continue
+        skip = arg == "--num-processes"
+        if not skip:
+            kept.append(arg)
+    return kept
+
+
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:
     """'0,25,50' -> (0, 25, 50); anything else is a one-line error naming the option."""
     try:
@@ -275,9 +288,15 @@ def train(
     progressive: Annotated[
         str | None, _opt("ESR with N growing from START to END over training: START,END.")
     ] = None,
+    num_processes: Annotated[
+        int, _opt("Data-parallel processes, launched with accelerate (one per GPU).", min=1)
+    ] = 1,
 ) -> None:
     """Distil the teacher into the student with ESR (first N tokens) or full OPD."""
-    from esr_lab import loop
+    from esr_lab import distributed, loop
+
+    if num_processes > 1 and distributed.group().world == 1:
+        raise typer.Exit(distributed.relaunch(num_processes, _without_num_processes(sys.argv[1:])))
     from esr_lab.experiments.common import summary_table
     from esr_lab.figures import plot_training_curve
 
@@ -289,6 +308,8 @@ def train(
         models, sampling, run, n=n, selector=chosen, budget=budget, progressive=schedule
     )
     run_dir, summary = loop.run(cfg, run.results_dir, run.run_id, not run.quiet)
+    if not distributed.group().is_main:
+        return  # the main process draws and reports
     import pandas as pd
 
     evals = pd.read_parquet(run_dir.path / "evals.parquet")

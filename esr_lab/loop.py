@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 from filelock import FileLock
 
-from esr_lab import train
+from esr_lab import distributed, train
 from esr_lab.console import progress_bar
 from esr_lab.records import SCHEMAS, RunDir, open_run, write_json, write_table
 from esr_lab.train import TrainConfig, Trainer
@@ -103,24 +105,31 @@ def run(
 
     A named run is trained under a file lock, so two experiments running side by side that
     share a run (same config, same id) train it once: the second waits, then reuses it.
+    With several processes (distributed.py) the main process alone takes the lock, opens the
+    run folder and writes; the others follow its decisions.
     """
     cfg = cfg.resolved()
     train.check_inputs(cfg)  # bad input fails here, before anything is written
+    group = distributed.group()
     if run_id is None:
-        return _run(cfg, results_dir, run_id, show_progress, experiment)
+        return _run(cfg, results_dir, run_id, show_progress and group.is_main, experiment)
     folder = Path(results_dir) / experiment
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / f".{run_id}.lock")):
-        return _run(cfg, results_dir, run_id, show_progress, experiment)
+    lock = FileLock(str(folder / f".{run_id}.lock")) if group.is_main else nullcontext()
+    with lock:
+        return _run(cfg, results_dir, run_id, show_progress and group.is_main, experiment)
 
 
 def _run(cfg, results_dir, run_id, show_progress, experiment) -> tuple[RunDir, pd.DataFrame]:
+    group = distributed.group()
     finished = Path(results_dir) / experiment / str(run_id) / "summary.parquet"
-    if run_id is not None and finished.is_file():  # nothing left to do: no models to load
+    if group.on_main(lambda: run_id is not None and finished.is_file()):
+        # nothing left to do: no models to load
         run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
         return run_dir, pd.read_parquet(finished)
     trainer = train.setup(cfg)
-    run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
+    config = train.config_dict(cfg)
+    run_dir = group.on_main(lambda: open_run(results_dir, experiment, config, run_id))
     start, steps, evals, samples = restore(trainer, run_dir)
     with progress_bar(show_progress) as bar:
         task = bar.add_task(cfg.label, total=cfg.steps + 1, completed=start)
@@ -132,10 +141,11 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> tuple[RunDir, p
             steps.append(train.train_step(trainer, step))
             if is_eval_step(cfg, step):
                 samples = _evaluate(trainer, run_dir, step, evals, samples)
-                save_checkpoint(trainer, run_dir, step, steps, evals, samples)
+                write = partial(save_checkpoint, trainer, run_dir, step, steps, evals, samples)
+                group.on_main(write)
             bar.update(task, advance=1, description=f"{cfg.label} loss {steps[-1]['loss']:.3f}")
     summary = summarise(pd.DataFrame(evals), cfg, run_dir.run_id)
-    write_table(run_dir.path / "summary.parquet", summary, "train_summary")
+    group.on_main(lambda: write_table(run_dir.path / "summary.parquet", summary, "train_summary"))
     return run_dir, summary
 
 

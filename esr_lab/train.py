@@ -34,7 +34,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import divergences, evaluate, selection
+from esr_lab import distributed, divergences, evaluate, selection
 from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -259,6 +259,7 @@ class Trainer:
     train_problems: list[Problem]
     eval_problems: list[Problem]
     shared_vocab: int
+    group: distributed.Group = field(default_factory=distributed.Group)
     timings: dict[str, float] = field(default_factory=dict)
     peaks_mb: dict[str, float] = field(default_factory=dict)
 
@@ -325,6 +326,7 @@ def setup(cfg: TrainConfig) -> Trainer:
         shuffled,
         eval_problems,
         shared,
+        distributed.group(),
     )
 
 
@@ -356,11 +358,19 @@ def step_problems(trainer: Trainer, step: int) -> list[Problem]:
     return [problems[(step * batch + i) % len(problems)] for i in range(batch)]
 
 
+def step_rows(trainer: Trainer, step: int) -> list[tuple[Problem, int]]:
+    """The step's (prompt, sample) rows, all of them: batch x rollouts_per_prompt."""
+    samples = range(trainer.cfg.rollouts_per_prompt)
+    return [(p, r) for p in step_problems(trainer, step) for r in samples]
+
+
 def rollout(trainer: Trainer, step: int) -> tuple[list[Problem], list[list[int]]]:
-    """Student samples for the step's prompts, as they will be scored: with their stop token,
-    or (loss_on_stop_token off) without their trailing stop and special tokens."""
+    """This process's rows of the step (all of them for one process), sampled with the rows'
+    own seeds, as they will be scored: with their stop token, or (loss_on_stop_token off)
+    without their trailing stop and special tokens."""
     cfg = trainer.cfg
-    rows = [(p, r) for p in step_problems(trainer, step) for r in range(cfg.rollouts_per_prompt)]
+    rows = step_rows(trainer, step)
+    rows = rows[trainer.group.shard(len(rows))]
     prompts = [trainer.student.prompt_ids(p.problem) for p, _ in rows]
     seeds = [row_seed(cfg.seed, step, p.id, r) for p, r in rows]
     sampling = replace(cfg.sampling, max_new_tokens=cfg.rollout_tokens(step))
@@ -460,11 +470,16 @@ def per_position_loss(trainer, s_logits, t_logits, tokens_BT) -> torch.Tensor:
 
 
 def train_step(trainer: Trainer, step: int) -> dict[str, float]:
-    """One OPD/ESR update; returns the step's metrics."""
-    cfg, device = trainer.cfg, trainer.student.loaded.device
+    """One OPD/ESR update; returns the step's metrics.
+
+    With several processes each takes its share of the rows; counts that normalise the loss
+    and the gradients are summed over all of them, so the update is the one-process update.
+    """
+    cfg, device, group = trainer.cfg, trainer.student.loaded.device, trainer.group
     trainer.timings, trainer.peaks_mb = {}, {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    first_row = group.shard(len(step_rows(trainer, step))).start
     problems, responses = rollout(trainer, step)
     student_batch = build_batch(
         [trainer.student.prompt_ids(p.problem) for p in problems],
@@ -477,15 +492,12 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         trainer.teacher.tokenizer.pad_token_id,
     )
     full_mask_BT = loss_mask(trainer, student_batch)
-    batch_selected_BT = select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT))
+    chosen_BT = select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
+    counts = group.sum([int(chosen_BT.sum()), int(chosen_BT.any(-1).sum()), len(responses)])
+    norms = dict(zip(("token_mean", "sequence_mean", "sequence_sum"), counts, strict=True))
     totals = {"loss": 0.0, "kl_selected": 0.0, "kl_all": 0.0, "selected": 0, "tokens": 0}
-    norms = {
-        "token_mean": int(batch_selected_BT.sum()),
-        "sequence_mean": int(batch_selected_BT.any(-1).sum()),
-        "sequence_sum": len(responses),
-    }
     trainer.model.train()
-    torch.manual_seed(row_seed(cfg.seed, step, "dropout"))  # LoRA dropout: resumable, exact
+    torch.manual_seed(row_seed(cfg.seed, step, "dropout", group.rank))  # resumable, exact
     trainer.optimizer.zero_grad(set_to_none=True)
     rows = len(responses)
     for start in range(0, rows, cfg.micro_batch):
@@ -495,12 +507,15 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             step,
             student_batch.rows(rows_mb).to(device),
             teacher_batch.rows(rows_mb).to(device),
-            start,
+            first_row + start,
             max(norms[cfg.reduction], 1),
             totals,
         )
+    totals["response_tokens"] = sum(map(len, responses))
+    totals = dict(zip(totals, group.sum(list(totals.values())), strict=True))
     with phase(trainer, "training"):
         params = [p for p in trainer.model.parameters() if p.requires_grad]
+        group.sum_gradients(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
             raise TrainingDiverged(
@@ -510,7 +525,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         lr = trainer.scheduler.get_last_lr()[0]
         trainer.optimizer.step()
         trainer.scheduler.step()
-    return _step_metrics(trainer, step, totals, grad_norm, lr, responses, device)
+    return _step_metrics(trainer, step, totals, grad_norm, lr, norms["sequence_sum"], device)
 
 
 def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -555,7 +570,7 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
     totals["tokens"] += int(mask_BT.sum())
 
 
-def _step_metrics(trainer, step, totals, grad_norm, lr, responses, device) -> dict[str, float]:
+def _step_metrics(trainer, step, totals, grad_norm, lr, rows, device) -> dict[str, float]:
     times = {f"time_{k}_s": trainer.timings.get(k, 0.0) for k in PHASES}
     return {
         "step": step,
@@ -564,8 +579,8 @@ def _step_metrics(trainer, step, totals, grad_norm, lr, responses, device) -> di
         "kl_all": totals["kl_all"] / max(totals["tokens"], 1),
         "grad_norm": grad_norm,
         "lr": lr,
-        "rollout_tokens_mean": sum(map(len, responses)) / len(responses),
-        "selected_tokens_mean": totals["selected"] / len(responses),
+        "rollout_tokens_mean": totals["response_tokens"] / rows,
+        "selected_tokens_mean": totals["selected"] / rows,
         **times,
         "time_total_s": sum(times.values()),
         **{f"peak_{k}_mb": trainer.peaks_mb.get(k, 0.0) for k in PHASES},
@@ -577,17 +592,19 @@ def _step_metrics(trainer, step, totals, grad_norm, lr, responses, device) -> di
 def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.DataFrame]:
     """avg@k, pass@k, maj@k and the collapse signature of the current student, with the
     evaluation's own prompt and sampling settings (the recipe's; by default the training ones)."""
-    cfg = trainer.cfg
+    cfg, group = trainer.cfg, trainer.group
     trainer.model.eval()
+    problems = trainer.eval_problems[group.shard(len(trainer.eval_problems))]
     samples = evaluate.sample_answers(
         trainer.student,
-        trainer.eval_problems,
+        problems,
         cfg.eval_samples,
         cfg.eval_sampling,
         (cfg.seed, "eval", step),
         cfg.eval_style,
     )
-    graded = evaluate.grade_samples(samples, trainer.eval_problems, cfg.extraction)
+    graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+    graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
     return {"step": step, **evaluate.accuracy_metrics(graded)}, graded
 
 
