@@ -160,7 +160,7 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:150]}" if first else type(e).__name__
 
 
-def _load_hub(hub_id: str, config: str | None, split: str | None) -> Any:
+def load_hub_rows(hub_id: str, config: str | None, split: str | None) -> Any:
     """A hub dataset through datasets.load_dataset; any failure becomes a UserError."""
     import datasets
 
@@ -188,9 +188,9 @@ def _is_local(name: str) -> bool:
 def _load_rows(name: str, spec: DatasetSpec | None, split: str | None) -> Any:
     """Rows (a list of dicts or a datasets.Dataset) of an alias, a local path or a hub id."""
     if spec is not None:
-        return _load_hub(spec.hub_id, spec.config, split or spec.split)
+        return load_hub_rows(spec.hub_id, spec.config, split or spec.split)
     if not _is_local(name):
-        return _load_hub(name, None, split)
+        return load_hub_rows(name, None, split)
     path = Path(name).expanduser()
     if not path.exists():
         raise UserError(

