@@ -104,7 +104,7 @@ def _read_json(path: Path) -> list[dict]:
     raise UserError(f"{path} is not a list of records or a dict of columns; use .jsonl instead")
 
 
-def _read_table_file(path: Path) -> list[dict]:
+def read_table_file(path: Path) -> list[dict]:
     """Rows of a local .jsonl/.json/.parquet/.csv file."""
     import pandas as pd
 
@@ -197,7 +197,7 @@ def _load_rows(name: str, spec: DatasetSpec | None, split: str | None) -> Any:
             f"no such file or folder {name!r}; pass an existing .jsonl/.json/.parquet/"
             ".csv file, a save_to_disk folder, or a hub dataset id"
         )
-    return _load_folder(path, split) if path.is_dir() else _read_table_file(path)
+    return _load_folder(path, split) if path.is_dir() else read_table_file(path)
 
 
 def _columns(rows: Any) -> list[str]:

@@ -14,7 +14,6 @@ code, then the tests. Every program runs in esr_lab.sandbox, never in this proce
 from __future__ import annotations
 
 import ast
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -105,14 +104,6 @@ def build_program(problem: CodeProblem, response: str) -> str:
     return f"{problem.prompt}{joint}{code}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k)."""
-    # Chen et al. 2021 (Codex paper), eq. 1, in its numerically stable product form.
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
 def grade_code(
     samples: pd.DataFrame,
     problems: Sequence[CodeProblem],
@@ -132,22 +123,3 @@ def grade_code(
     out["correct"] = [o.passed for o in outcomes]
     out["status"] = [o.status for o in outcomes]
     return out
-
-
-def code_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    """pass@1 (the paper's number; `accuracy`) and pass@k for k = the fewest samples per problem."""
-    by_problem = graded.groupby("problem_id", sort=False).correct.agg(["size", "sum"])
-    k = int(by_problem["size"].min())
-
-    def mean_pass(k: int) -> float:
-        return float(sum(pass_at_k(n, c, k) for n, c in by_problem.itertuples(index=False)))
-
-    pass_1 = mean_pass(1) / len(by_problem)
-    return {
-        "accuracy": pass_1,
-        "pass_at_1": pass_1,
-        "k": float(k),
-        "pass_at_k": mean_pass(k) / len(by_problem),
-        "n_problems": float(len(by_problem)),
-        "n_samples": float(len(graded)),
-    }

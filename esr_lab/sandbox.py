@@ -52,6 +52,7 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+
 @dataclass(frozen=True)
 class Outcome:
     """How a program ended: passed (exit 0), failed (with the last stderr line) or timeout."""
