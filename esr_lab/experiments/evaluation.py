@@ -83,12 +83,9 @@ def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None
     return _run_task(cfg, task, results_dir, run_id)
 
 
-def _policy(cfg: EvalConfig, instruction: str) -> Policy:
-    """The model (and adapter); a task's own instruction replaces the math default."""
-    pair = cfg.pair
-    if pair.instruction == DEFAULT_INSTRUCTION:
-        pair = replace(pair, instruction=instruction)
-    policy = load_policy(cfg.model, pair, cfg.batch_size)
+def _policy(cfg: EvalConfig) -> Policy:
+    """The model, with the trained adapter when there is one."""
+    policy = load_policy(cfg.model, cfg.pair, cfg.batch_size)
     if cfg.adapter:
         load_adapter(policy, cfg.adapter)
     return policy
@@ -99,7 +96,9 @@ def _run_task(cfg: EvalConfig, task: str, results_dir: Path, run_id: str | None)
     spec = tasks.get_task(task)
     dataset = cfg.dataset or spec.default_dataset
     problems = tasks.load_task_problems(task, dataset, cfg.limit)
-    policy = _policy(cfg, spec.instruction)
+    if cfg.pair.instruction == DEFAULT_INSTRUCTION:  # the math default gives way to the task's
+        cfg = replace(cfg, pair=replace(cfg.pair, instruction=spec.instruction))
+    policy = _policy(cfg)
     run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task=task, dataset=dataset), run_id)
     samples = evaluate.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
@@ -111,9 +110,8 @@ def _run_task(cfg: EvalConfig, task: str, results_dir: Path, run_id: str | None)
 def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
     dataset = cfg.dataset or default_dataset(cfg.model)
     problems = load_problems(dataset, limit=cfg.limit)
-    policy = _policy(cfg, DEFAULT_INSTRUCTION)
-    config = dict(asdict(cfg), dataset=dataset)
-    run_dir = open_run(results_dir, "eval", config, run_id)
+    policy = _policy(cfg)
+    run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task="math", dataset=dataset), run_id)
     samples = evaluate.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
     )
