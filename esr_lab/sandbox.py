@@ -15,7 +15,6 @@ so the program also starts with a guard that disables fork/exec/kill-style calls
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -68,15 +67,24 @@ def _minimal_env() -> dict[str, str]:
     return env | dict.fromkeys(_ONE_THREAD, "1")
 
 
-def _set_limits(limits: Limits) -> None:
-    """Runs in the child before exec (preexec_fn): hard rlimits it cannot raise again."""
-    cpu_s = int(limits.timeout_s) + 1
+def _launcher(limits: Limits) -> str:
+    """Python that sets hard rlimits and then execs the program. Setting them here rather than
+    in a preexec_fn keeps Popen safe in a threaded parent (torch, the grading thread pool)."""
     mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_mb * mb, limits.max_file_mb * mb))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    cpu_s = int(limits.timeout_s) + 1
+    values = {
+        "RLIMIT_CPU": cpu_s,
+        "RLIMIT_AS": limits.memory_mb * mb,
+        "RLIMIT_FSIZE": limits.max_file_mb * mb,
+        "RLIMIT_NPROC": limits.max_processes,
+        "RLIMIT_CORE": 0,
+    }
+    return (
+        "import os, resource, sys\n"
+        f"for name, value in {values!r}.items():\n"
+        "    resource.setrlimit(getattr(resource, name), (value, value))\n"
+        "os.execv(sys.executable, [sys.executable, '-I', 'program.py'])\n"
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -111,14 +119,13 @@ def run_python(source: str, limits: Limits = DEFAULT_LIMITS, guard: bool = True)
         (folder / "program.py").write_text((GUARD if guard else "") + source, encoding="utf-8")
         with (folder / "stdout").open("wb") as out, (folder / "stderr").open("wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "program.py"],
+                [sys.executable, "-I", "-c", _launcher(limits)],
                 cwd=folder,
                 env=_minimal_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=lambda: _set_limits(limits),
             )
             finished = _wait_unreaped(proc.pid, limits.timeout_s)
             _kill_group(proc)  # also the children a finished program left behind

@@ -70,6 +70,17 @@ def test_sandbox_kills_the_process_group(tmp_path):
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def test_sandbox_sets_hard_rlimits():
+    source = (
+        "import resource as r\n"
+        "assert r.getrlimit(r.RLIMIT_AS) == (1024 * 2**20, 1024 * 2**20)\n"
+        "assert r.getrlimit(r.RLIMIT_CPU) == (4, 4)\n"
+        "assert r.getrlimit(r.RLIMIT_NPROC)[0] == 32\n"
+        "assert r.getrlimit(r.RLIMIT_FSIZE)[0] == 16 * 2**20\n"
+    )
+    assert run_python(source, FAST).status == "passed"
+
+
 def test_sandbox_environment_is_scrubbed_and_cwd_is_fresh(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "secret")
     source = (
