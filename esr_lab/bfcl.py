@@ -91,14 +91,15 @@ def render_problem(question: str, functions: list[dict]) -> str:
 def load_call_problems(dataset: str = "bfcl", limit: int | None = None) -> list[CallProblem]:
     """BFCL simple + multiple in file order (simple first), with their possible answers."""
     folder = _folder(dataset)
-    files = sorted(p for p in folder.iterdir() if CATEGORY_RE.fullmatch(p.name))
+    names = [p for p in folder.iterdir() if CATEGORY_RE.fullmatch(p.name)]
+    files = sorted(names, key=lambda p: ("multiple" in p.name, p.name))
     if not files or not all((folder / "possible_answer" / p.name).is_file() for p in files):
         raise UserError(
             f"{folder} lacks BFCL_v*_simple_python.json / BFCL_v*_multiple.json with matching "
             "files in possible_answer/"
         )
     problems = []
-    for path in sorted(files, key=lambda p: "multiple" in p.name):
+    for path in files:
         answers = {
             r["id"]: r["ground_truth"] for r in _read_lines(folder / "possible_answer" / path.name)
         }

@@ -41,7 +41,9 @@ del _os, _posix, _subprocess, _mod, _name
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-program limits; the CPU limit is the timeout plus one second of slack."""
+    """Per-program limits; the CPU limit is the timeout plus one second of slack. Linux counts
+    max_processes over all of the user's processes (and not at all for root), so it only
+    stops fork bombs of ordinary users."""
 
     timeout_s: float = 10.0
     memory_mb: int = 2048
@@ -114,7 +116,7 @@ def _last_line(path: Path) -> str:
 
 def run_python(source: str, limits: Limits = DEFAULT_LIMITS, guard: bool = True) -> Outcome:
     """Run `source` as a script in a sandboxed subprocess; passed means exit status 0."""
-    with tempfile.TemporaryDirectory(prefix="esr-sandbox-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="esr-sandbox-", ignore_cleanup_errors=True) as tmp:
         folder = Path(tmp)
         (folder / "program.py").write_text((GUARD if guard else "") + source, encoding="utf-8")
         with (folder / "stdout").open("wb") as out, (folder / "stderr").open("wb") as err:

@@ -116,13 +116,6 @@ def test_whole_function_and_body_both_work(problems):
     assert graded.correct.tolist() == [True, True, False]
 
 
-def test_all_canonical_solutions_pass(problems):
-    start = time.monotonic()
-    graded = grade_code(_samples([(p.id, p.answer) for p in problems]), problems, workers=2)
-    assert len(graded) == 164 and graded.correct.mean() >= 0.99
-    assert time.monotonic() - start < 60
-
-
 def test_pass_at_k_matches_the_combinatorial_formula():
     for n, c, k in [(10, 3, 1), (10, 3, 5), (5, 0, 2), (5, 5, 3), (20, 1, 10)]:
         want = 1 - comb(n - c, k) / comb(n, k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +45,20 @@ def test_grade_humaneval_with_samples(monkeypatch, capsys, tmp_path):
     assert samples.correct.sum() == 4 and row.k == 2 and row.pass_at_k == 1.0
     assert row.accuracy == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert "pass@2 %" in out and "66.67" in out
+
+
+def test_grade_all_canonical_solutions(monkeypatch, capsys, tmp_path):
+    """All 164 HumanEval canonical solutions, through the command, in parallel subprocesses."""
+    problems = load_code_problems("humaneval")
+    path = _jsonl(tmp_path / "r.jsonl", [{"task_id": p.id, "response": p.answer} for p in problems])
+    start = time.monotonic()
+    code, _, err = run_cli(
+        monkeypatch, capsys, tmp_path, "grade", "--task", "humaneval", "--responses", path
+    )
+    assert code == 0, err
+    samples, summary = _tables(tmp_path, "grade")
+    assert len(samples) == 164 and summary.iloc[0].accuracy >= 0.99
+    assert time.monotonic() - start < 60
 
 
 def test_grade_bfcl(monkeypatch, capsys, tmp_path):
