@@ -332,6 +332,9 @@ def eval_command(
     limit: Annotated[int | None, _opt("Use the first N problems.", min=1)] = None,
     samples: Annotated[int, _opt("Samples per problem (k).")] = 4,
     extraction: Annotated[str, _opt("last_boxed, first_boxed or relaxed.")] = "last_boxed",
+    task: Annotated[
+        str | None, _opt("math, humaneval or bfcl [default: from the dataset].")
+    ] = None,
 ) -> None:
     """avg@k, pass@k and maj@k of a model (and adapter) on a dataset."""
     from esr_lab.experiments import evaluation
@@ -346,9 +349,29 @@ def eval_command(
         sampling=sampling.sampling(model),
         extraction=extraction,
         seed=run.seed,
+        task=task,
     )
     run_dir, summary = evaluation.run(cfg, run.results_dir, run.run_id)
     evaluation.print_summary(summary, run_dir)
+    typer.echo(f"results: {run_dir.path}")
+
+
+@app.command("grade")
+def grade_command(
+    responses: Annotated[str, _opt("Responses (.jsonl): problem_id/task_id/id + response.")],
+    task: Annotated[str, _opt("math, humaneval or bfcl.")] = "math",
+    dataset: Annotated[
+        str | None, _opt("Problems [default: math500, humaneval, bfcl by task].")
+    ] = None,
+    results_dir: Annotated[Path, _opt("Where run folders are written.")] = Path("results"),
+    run_id: Annotated[str | None, _opt("Run name.")] = None,
+) -> None:
+    """Grade responses written by anything: accuracy, pass@k, BFCL name/full match."""
+    from esr_lab.experiments import grade
+
+    cfg = grade.GradeConfig(task=task, responses=responses, dataset=dataset)
+    run_dir, summary = grade.run(cfg, results_dir, run_id)
+    grade.print_summary(summary, run_dir)
     typer.echo(f"results: {run_dir.path}")
 
 

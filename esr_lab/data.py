@@ -5,13 +5,18 @@ Everything becomes a list of `Problem(id, problem, answer)` with the answer as a
 answer: GSM8K's text after "####" (commas removed) or the last \\boxed{} of a solution; rows
 where no answer can be found are dropped, as the paper does for NuminaMath.
 
+Training prompts need no answer (OPD grades nothing): the code and function-calling training
+sets (`codeultrafeedback`, `glaive-fc`) have none, and `require_answer=False` accepts any file
+without one. Their answer is "".
+
 Every mistake a user can make here (bad path, bad column, unreachable hub id) is a one-line
 UserError that says what would work instead.
 """
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +52,23 @@ class DatasetSpec:
     hub_id: str
     split: str
     problem_column: str
-    answer_column: str
+    answer_column: str | None  # None: prompts only, no gold answer
     config: str | None = None
     extract: str = "auto"
+    prompt_of: Callable[[dict], str | None] | None = None  # a prompt built from the whole row
+
+
+_TURN_RE = re.compile(r"USER:\s*(.*?)(?=\n\s*(?:ASSISTANT|FUNCTION RESPONSE|USER):|\Z)", re.DOTALL)
+
+
+def glaive_prompt(row: dict) -> str | None:
+    """glaive-function-calling-v2: its system text (the functions on offer), then the first
+    USER turn of its chat; None when the chat has no user turn."""
+    turn = _TURN_RE.search(str(row.get("chat") or ""))
+    if turn is None or not turn.group(1).strip():
+        return None
+    system = str(row.get("system") or "").strip().removeprefix("SYSTEM:").strip()
+    return f"{system}\n\n{turn.group(1).strip()}" if system else turn.group(1).strip()
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -59,6 +78,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "gsm8k": DatasetSpec("openai/gsm8k", "test", "question", "answer", "main", "####"),
     "numinamath": DatasetSpec(
         "AI-MO/NuminaMath-CoT", "train", "problem", "solution", None, "boxed"
+    ),
+    "codeultrafeedback": DatasetSpec("coseal/CodeUltraFeedback", "train", "instruction", None),
+    "glaive-fc": DatasetSpec(
+        "glaiveai/glaive-function-calling-v2", "train", "chat", None, prompt_of=glaive_prompt
     ),
 }
 
@@ -104,7 +127,7 @@ def _read_json(path: Path) -> list[dict]:
     raise UserError(f"{path} is not a list of records or a dict of columns; use .jsonl instead")
 
 
-def _read_table_file(path: Path) -> list[dict]:
+def read_table_file(path: Path) -> list[dict]:
     """Rows of a local .jsonl/.json/.parquet/.csv file."""
     import pandas as pd
 
@@ -160,7 +183,7 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:150]}" if first else type(e).__name__
 
 
-def _load_hub(hub_id: str, config: str | None, split: str | None) -> Any:
+def load_hub_rows(hub_id: str, config: str | None, split: str | None) -> Any:
     """A hub dataset through datasets.load_dataset; any failure becomes a UserError."""
     import datasets
 
@@ -188,16 +211,16 @@ def _is_local(name: str) -> bool:
 def _load_rows(name: str, spec: DatasetSpec | None, split: str | None) -> Any:
     """Rows (a list of dicts or a datasets.Dataset) of an alias, a local path or a hub id."""
     if spec is not None:
-        return _load_hub(spec.hub_id, spec.config, split or spec.split)
+        return load_hub_rows(spec.hub_id, spec.config, split or spec.split)
     if not _is_local(name):
-        return _load_hub(name, None, split)
+        return load_hub_rows(name, None, split)
     path = Path(name).expanduser()
     if not path.exists():
         raise UserError(
             f"no such file or folder {name!r}; pass an existing .jsonl/.json/.parquet/"
             ".csv file, a save_to_disk folder, or a hub dataset id"
         )
-    return _load_folder(path, split) if path.is_dir() else _read_table_file(path)
+    return _load_folder(path, split) if path.is_dir() else read_table_file(path)
 
 
 def _columns(rows: Any) -> list[str]:
@@ -234,29 +257,46 @@ def _pick_column(
 
 
 def _answer_source(
-    name: str, columns: list[str], spec: DatasetSpec | None, answer_column: str | None
-) -> tuple[str, str]:
-    """(column, extract mode) for the answer: explicit, then alias spec, then auto-detection."""
+    name: str,
+    columns: list[str],
+    spec: DatasetSpec | None,
+    answer_column: str | None,
+    require_answer: bool,
+) -> tuple[str | None, str]:
+    """(column, extract mode) for the answer: explicit, then alias spec, then auto-detection;
+    (None, ...) for prompts without answers."""
     if answer_column is not None:
         return _pick_column(name, columns, answer_column, (), "answer"), "auto"
     if spec is not None:
+        if spec.answer_column is None:
+            return None, "auto"
         return _pick_column(name, columns, spec.answer_column, (), "answer"), spec.extract
     if any(c in columns for c in ANSWER_COLUMNS):
         return _pick_column(name, columns, None, ANSWER_COLUMNS, "answer"), "auto"
     cands = ANSWER_COLUMNS + SOLUTION_COLUMNS
+    if not require_answer and not any(c in columns for c in cands):
+        return None, "auto"
     return _pick_column(name, columns, None, cands, "answer"), "boxed"
 
 
 def _problems(
-    rows: Iterable[dict], problem_col: str, answer_col: str, extract: str, id_col: str | None
+    rows: Iterable[dict],
+    prompt_of: Callable[[dict], Any],
+    answer_col: str | None,
+    extract: str,
+    id_col: str | None,
+    require_answer: bool,
 ) -> Iterator[Problem]:
-    """Problems from rows, skipping those with no problem text or no recoverable answer."""
+    """Problems from rows, skipping those with no problem text or no answer when one is needed."""
     for i, row in enumerate(rows):
-        problem, answer = row.get(problem_col), _clean_answer(row.get(answer_col), extract)
-        if problem is None or not str(problem).strip() or answer is None:
+        problem = prompt_of(row)
+        answer = None if answer_col is None else _clean_answer(row.get(answer_col), extract)
+        if problem is None or not str(problem).strip():
+            continue
+        if answer is None and require_answer and answer_col is not None:
             continue
         pid = row.get(id_col) if id_col is not None else None
-        yield Problem(id=str(i if pid is None else pid), problem=str(problem), answer=answer)
+        yield Problem(id=str(i if pid is None else pid), problem=str(problem), answer=answer or "")
 
 
 def _toy(world: str, split: str | None, limit: int | None) -> list[Problem]:
@@ -285,13 +325,15 @@ def load_problems(
     split: str | None = None,
     problem_column: str | None = None,
     answer_column: str | None = None,
+    require_answer: bool = True,
 ) -> list[Problem]:
     """Problems from an alias (DATASETS, "toy", "micro"), a local file/folder or a hub id.
 
     Columns: explicit arguments win, then the alias spec, then auto-detection (problem:
     problem/question/prompt; answer: answer/expected_answer/final_answer, else the last
     \\boxed{} of solution). ids come from unique_id/id/idx, else the row index. `limit` keeps
-    the first `limit` problems, so subsets are deterministic.
+    the first `limit` problems, so subsets are deterministic. `require_answer=False` (training
+    prompts) keeps rows without an answer, with answer "".
     """
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit} is not valid; use a positive number of problems or none")
@@ -305,9 +347,15 @@ def load_problems(
         columns = _columns(rows)
         default_problem = (spec.problem_column,) if spec is not None else PROBLEM_COLUMNS
         problem_col = _pick_column(name, columns, problem_column, default_problem, "problem")
-        answer_col, extract = _answer_source(name, columns, spec, answer_column)
+        answer_col, extract = _answer_source(name, columns, spec, answer_column, require_answer)
         id_col = next((c for c in ID_COLUMNS if c in columns), None)
-        problems = _take(_problems(rows, problem_col, answer_col, extract, id_col), limit)
+        prompt_of = (
+            spec.prompt_of
+            if spec and spec.prompt_of and problem_column is None
+            else lambda row: row.get(problem_col)
+        )
+        rows_out = _problems(rows, prompt_of, answer_col, extract, id_col, require_answer)
+        problems = _take(rows_out, limit)
     if not problems:
         raise UserError(
             f"dataset {name!r} has no problems with both a problem and an answer; "

@@ -114,7 +114,8 @@ def test_bogus_hub_id_offline(monkeypatch):
 
 
 def test_aliases_declared():
-    assert set(DATASETS) == {"math500", "aime24", "amc23", "gsm8k", "numinamath"}
+    math = {"math500", "aime24", "amc23", "gsm8k", "numinamath"}
+    assert set(DATASETS) == math | {"codeultrafeedback", "glaive-fc"}
     assert DATASETS["gsm8k"].config == "main" and DATASETS["gsm8k"].extract == "####"
 
 

@@ -1,23 +1,29 @@
 """`esr-lab eval`: avg@k, pass@k and maj@k of one model (optionally with a trained adapter).
 
-The paper's protocol is MATH-500 with n=4 samples at temperature 0.7 (avg@4 / pass@4 / maj@4).
+The paper's protocol is MATH-500 with n=4 samples at temperature 0.7 (avg@4 / pass@4 / maj@4),
+and pass@1 at temperature 0 for HumanEval/HumanEval+ and full-match accuracy on BFCL. Math keeps
+its own tables (eval_samples, train_evals); code and function calling are graded through
+esr_lab.tasks and write the same tables as `esr-lab grade`.
 Command: esr-lab eval --model Qwen/Qwen2.5-Math-1.5B --adapter results/train/<run>/checkpoints/
          step-000100/model --dataset math500
+         esr-lab eval --model Qwen/Qwen3-1.7B --task humaneval --samples 1 --temperature 0
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import evaluate, grading
+from esr_lab import evaluate, grading, tasks
 from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.policy import load_policy
+from esr_lab.experiments import grade
+from esr_lab.policy import Policy, load_policy
+from esr_lab.prompts import DEFAULT_INSTRUCTION
 from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
 
 
@@ -33,6 +39,7 @@ class EvalConfig:
     extraction: str = "last_boxed"
     seed: int = 0
     batch_size: int = 64
+    task: str | None = None  # math, humaneval or bfcl; None: inferred from the dataset
 
 
 def check_adapter(adapter: str) -> None:
@@ -68,13 +75,43 @@ def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None
         )
     if cfg.adapter:
         check_adapter(cfg.adapter)
-    dataset = cfg.dataset or default_dataset(cfg.model)
-    problems = load_problems(dataset, limit=cfg.limit)
+    if cfg.task is not None:
+        tasks.get_task(cfg.task)
+    task = cfg.task or tasks.task_for_dataset(cfg.dataset or default_dataset(cfg.model))
+    if task == "math":
+        return _run_math(cfg, results_dir, run_id)
+    return _run_task(cfg, task, results_dir, run_id)
+
+
+def _policy(cfg: EvalConfig) -> Policy:
+    """The model, with the trained adapter when there is one."""
     policy = load_policy(cfg.model, cfg.pair, cfg.batch_size)
     if cfg.adapter:
         load_adapter(policy, cfg.adapter)
-    config = dict(asdict(cfg), dataset=dataset)
-    run_dir = open_run(results_dir, "eval", config, run_id)
+    return policy
+
+
+def _run_task(cfg: EvalConfig, task: str, results_dir: Path, run_id: str | None):
+    """Code or function calling: sample, then grade as `esr-lab grade` does."""
+    spec = tasks.get_task(task)
+    dataset = cfg.dataset or spec.default_dataset
+    problems = tasks.load_task_problems(task, dataset, cfg.limit)
+    if cfg.pair.instruction == DEFAULT_INSTRUCTION:  # the math default gives way to the task's
+        cfg = replace(cfg, pair=replace(cfg.pair, instruction=spec.instruction))
+    policy = _policy(cfg)
+    run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task=task, dataset=dataset), run_id)
+    samples = evaluate.sample_answers(
+        policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
+    )
+    samples = samples[["problem_id", "sample", "completion"]]
+    return run_dir, grade.write_graded(run_dir, task, dataset, samples, problems)
+
+
+def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
+    dataset = cfg.dataset or default_dataset(cfg.model)
+    problems = load_problems(dataset, limit=cfg.limit)
+    policy = _policy(cfg)
+    run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task="math", dataset=dataset), run_id)
     samples = evaluate.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
     )
@@ -91,6 +128,9 @@ def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None
 
 
 def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
+    if "task" in summary.columns:
+        grade.print_summary(summary, run_dir)
+        return
     row = summary.iloc[0]
     shown = pd.DataFrame(
         [

@@ -1,0 +1,151 @@
+"""Code grading: the sandbox contains runaway programs, HumanEval's canonical solutions pass their
+own tests and fail another problem's, both response forms work, and pass@k is unbiased."""
+
+import time
+from math import comb
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from esr_lab.errors import UserError
+from esr_lab.humaneval import build_program, extract_code, grade_code, load_code_problems
+from esr_lab.sandbox import Limits, run_python
+from esr_lab.tasks import load_task_problems, metrics, pass_at_k
+
+FAST = Limits(timeout_s=3.0, memory_mb=1024)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_code_problems("humaneval")
+
+
+def _samples(pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    ids = [pid for pid, _ in pairs]
+    return pd.DataFrame(
+        {
+            "problem_id": ids,
+            "sample": pd.Series(ids).groupby(ids).cumcount(),
+            "completion": [text for _, text in pairs],
+        }
+    )
+
+
+def test_sandbox_pass_fail_and_exception_line():
+    assert run_python("print('hi')", FAST).passed
+    outcome = run_python("raise ValueError('bad input')", FAST)
+    assert not outcome.passed and outcome.status == "failed: ValueError: bad input"
+
+
+def test_sandbox_infinite_loop_times_out():
+    start = time.monotonic()
+    outcome = run_python("while True:\n    pass\n", Limits(timeout_s=1.0))
+    assert outcome.status == "timeout" and time.monotonic() - start < 5
+
+
+def test_sandbox_huge_allocation_fails_without_hurting_us():
+    outcome = run_python("x = bytearray(64 * 2**30)\n", FAST)
+    assert not outcome.passed and "MemoryError" in outcome.status
+
+
+def test_sandbox_blocks_fork_and_subprocess():
+    forked = run_python("import os\nos.fork()\n", FAST)
+    spawned = run_python("import subprocess\nsubprocess.run(['true'])\n", FAST)
+    assert not forked.passed and not spawned.passed
+
+
+def test_sandbox_kills_the_process_group(tmp_path):
+    """Unguarded, a forked child that outlives the program is killed with its group."""
+    marker = tmp_path / "child.pid"
+    source = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        f"if pid == 0:\n    time.sleep(60)\nelse:\n    open({str(marker)!r}, 'w').write(str(pid))\n"
+    )
+    assert run_python(source, FAST, guard=False).passed
+    stat = Path(f"/proc/{int(marker.read_text())}/stat")
+    time.sleep(0.2)
+    # Gone, or a zombie waiting for an init that does not reap (as in some containers).
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_sandbox_sets_hard_rlimits():
+    source = (
+        "import resource as r\n"
+        "assert r.getrlimit(r.RLIMIT_AS) == (1024 * 2**20, 1024 * 2**20)\n"
+        "assert r.getrlimit(r.RLIMIT_CPU) == (4, 4)\n"
+        "assert r.getrlimit(r.RLIMIT_NPROC)[0] == 32\n"
+        "assert r.getrlimit(r.RLIMIT_FSIZE)[0] == 16 * 2**20\n"
+    )
+    assert run_python(source, FAST).status == "passed"
+
+
+def test_sandbox_environment_is_scrubbed_and_cwd_is_fresh(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    source = (
+        "import os\n"
+        "assert 'HF_TOKEN' not in os.environ, 'leaked'\n"
+        "assert sorted(os.listdir('.')) == ['program.py', 'stderr', 'stdout']\n"
+    )
+    assert run_python(source, FAST).status == "passed"
+
+
+def test_extract_code_last_python_block_else_whole():
+    text = "First try:\n```python\nx = 1\n```\nBetter:\n```python\ny = 2\n```\nDone."
+    assert extract_code(text) == "y = 2\n"
+    assert extract_code("```\nz = 3\n```") == "z = 3\n"
+    assert extract_code("    return 1\n") == "    return 1\n"
+
+
+def test_canonical_solutions_pass_and_fail_on_other_tests(problems):
+    chosen = problems[:6]
+    own = grade_code(_samples([(p.id, p.answer) for p in chosen]), chosen, FAST)
+    assert own.correct.all(), own[~own.correct].status.tolist()
+    swapped = [(p.id, chosen[(i + 1) % len(chosen)].answer) for i, p in enumerate(chosen)]
+    other = grade_code(_samples(swapped), chosen, FAST)
+    assert not other.correct.any()
+
+
+def test_whole_function_and_body_both_work(problems):
+    p = problems[2]
+    whole = f"Here it is:\n```python\n{p.prompt}{p.answer}```\n"
+    assert "def " + p.entry_point in build_program(p, whole)
+    responses = [(p.id, whole), (p.id, p.answer), (p.id, "    return None\n")]
+    graded = grade_code(_samples(responses), [p], FAST)
+    assert graded.correct.tolist() == [True, True, False]
+
+
+def test_pass_at_k_matches_the_combinatorial_formula():
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (5, 0, 2), (5, 5, 3), (20, 1, 10)]:
+        want = 1 - comb(n - c, k) / comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(want, abs=1e-12)
+    assert pass_at_k(4, 1, 1) == 0.25
+
+
+def test_metrics_pass_at_1_and_k():
+    graded = pd.DataFrame(
+        {"problem_id": ["a"] * 4 + ["b"] * 4, "correct": [True, False, False, False] + [False] * 4}
+    )
+    result = metrics("humaneval", graded)
+    assert result["accuracy"] == result["pass_at_1"] == pytest.approx(0.125)
+    assert result["k"] == 4 and result["pass_at_k"] == pytest.approx(0.5)
+
+
+def test_humaneval_plus_offline_is_one_line_error():
+    with pytest.raises(UserError, match="evalplus/humanevalplus") as err:
+        load_task_problems("humaneval", "humaneval_plus")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="unknown code dataset"):
+        load_task_problems("humaneval", "mbpp")
+
+
+def test_humaneval_format_file(tmp_path, problems):
+    rows = pd.DataFrame([vars(p) for p in problems[:2]]).drop(columns="problem")
+    rows = rows.rename(columns={"id": "task_id", "answer": "canonical_solution"})
+    rows.to_json(tmp_path / "plus.jsonl", orient="records", lines=True)
+    loaded = load_task_problems("humaneval", str(tmp_path / "plus.jsonl"))
+    assert loaded == problems[:2]
+    rows.drop(columns="test").to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    with pytest.raises(UserError, match="missing test"):
+        load_task_problems("humaneval", str(tmp_path / "bad.jsonl"))
