@@ -30,7 +30,8 @@ API (B rows, T student response positions, U teacher response positions, S share
 
 `shared_logits` gives the [B, T, S] pair behind the losses, for `chunked_position_stats`;
 `position_stats` is `scoring.position_stats` for such a pair. Building the spans decodes every
-prefix of a response (quadratic: about 0.3 s for 2,048 tokens of byte-level BPE on one core).
+prefix of a response: quadratic, about 2 ms for ESR's 100 tokens, 0.3 s for 2,048 and 0.9 s for
+3,584 (one CPU core, byte-level BPE). Rows are aligned on the CPU before the teacher's pass.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ from esr_lab.errors import UserError
 from esr_lab.policy import Policy
 from esr_lab.scoring import ScoringBatch, build_batch, response_logits, stats_frame, token_logprobs
 
-# Share of the smaller vocabulary whose strings the other must hold. Below half, most of the
-# student's own tokens have no teacher probability, and a KL renormalised over the rest no
-# longer describes the teacher's distribution.
+# Share of the smaller vocabulary whose strings the other vocabulary must also hold. Below half,
+# most of the smaller model's tokens get no probability from the other, and a KL renormalised
+# over what is left no longer describes either model's distribution. Pairs meant for this path
+# (two byte-level BPEs, two SentencePiece generations of one family) share far more.
 MIN_OVERLAP = 0.5
 CROSS_LOSSES = (*LOSSES, "uld")
 
@@ -263,7 +265,8 @@ def cross_position_loss(
     """Per-position loss [B, T] between the student and its aligned teacher distribution.
 
     "uld" compares the full distributions; every name of `divergences.LOSSES` is taken over
-    the shared strings, reverse KL through the memory-lean chunked path. "sampled_token" needs
+    the shared strings, reverse KL through the memory-lean chunked path ("uld" is not chunked:
+    it sorts float32 probabilities of every position at once). "sampled_token" needs
     `student_tokens_BT` (the student's response ids). Unaligned positions hold finite values
     without meaning: the caller masks them with `cross.aligned_BT`.
     """

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from esr_lab.config import ModelPair
@@ -89,6 +89,34 @@ def test_a_split_character_is_read_where_its_first_byte_is() -> None:
     assert text == "a é∑"
     assert spans == [(0, 1), (1, 2), (2, 3), (3, 3), (3, 4), (4, 4), (4, 4)]
     assert align_response(tok, tok, ids).columns == [0, 1, 2, -1, 4, -1, -1]
+
+
+def _gemma_like_tokenizer() -> PreTrainedTokenizerFast:
+    """SentencePiece-style, as Gemma's: spaces become "▁", unknown characters <0x..> bytes."""
+    pieces = ["<unk>", *[f"<0x{b:02X}>" for b in range(256)], "▁", "a", "b", "▁b"]
+    bpe = models.BPE(
+        vocab={p: i for i, p in enumerate(pieces)},
+        merges=[("▁", "b")],
+        byte_fallback=True,
+        unk_token="<unk>",
+    )
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_byte_fallback_tokens_on_either_side() -> None:
+    gemma_like, byte_level = _gemma_like_tokenizer(), byte_level_tokenizer(CORPUS)
+    ids = _ids(gemma_like, "a é b")
+    assert gemma_like.convert_ids_to_tokens(ids) == ["a", "▁", "<0xC3>", "<0xA9>", "▁b"]
+    assert char_spans(gemma_like, ids) == ("a é b", [(0, 1), (1, 2), (2, 3), (3, 3), (3, 5)])
+    # As the teacher: "é" is read at its first byte token, " b" at "▁b" for both " " and "b".
+    assert _tokens(byte_level, "a é b") == ["a", "Ġ", "Ã", "©", "Ġ", "b"]
+    row = align_response(byte_level, gemma_like, _ids(byte_level, "a é b"))
+    assert row.columns == [0, 1, 2, -1, 4, 4]
 
 
 def _whitespace_teacher() -> PreTrainedTokenizerFast:
