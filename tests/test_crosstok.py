@@ -2,6 +2,7 @@
 scored by a Qwen3 teacher whose tokenizer differs from its own."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -168,6 +169,12 @@ def test_a_pair_with_too_little_shared_vocabulary_is_refused() -> None:
         "student and teacher share 276 of 280 / 300 token strings (98.6%); "
         "cross-tokenizer OPD needs at least 99%"
     )
+    with pytest.raises(
+        UserError, match=r"^min_overlap=1.5 is not accepted; use a number in \[0, 1\]$"
+    ):
+        shared_vocab(student, teacher, min_overlap=1.5)
+    with pytest.raises(UserError, match="needs a fast"):
+        shared_vocab(student, SimpleNamespace(is_fast=False))
     # Raw bytes against a word-level teacher: only single printable characters are shared.
     student, teacher = byte_level_tokenizer(), _whitespace_teacher()
     n = len(set(student.get_vocab()) & set(teacher.get_vocab()))
