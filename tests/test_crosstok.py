@@ -300,6 +300,33 @@ def test_llama_student_and_qwen3_teacher_give_finite_losses_and_gradients(
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_cross_loss_reads_the_aligned_teacher_column_over_shared_strings(
+    llama_model_dir, bpe_model_dir
+) -> None:
+    student, s_tok = _load(llama_model_dir)
+    teacher, t_tok = _load(bpe_model_dir)
+    vocab = shared_vocab(s_tok, t_tok)
+    responses = [_ids(s_tok, "Say 42."), _ids(s_tok, BOXED)]
+    s_batch = build_batch([_prompt_ids(s_tok, "Q")] * 2, responses, s_tok.pad_token_id)
+    cross = build_cross_batch(s_tok, t_tok, [_prompt_ids(t_tok, "Q")] * 2, responses, vocab)
+    with torch.no_grad():
+        s_logits = response_logits(student, s_batch)
+        t_logits = response_logits(teacher, cross.teacher)
+        loss_BT = cross_position_loss("reverse_kl", s_logits, t_logits, cross, vocab)
+        # Row 1 on its own, as a trainer's micro-batch sees it.
+        part = cross.rows(slice(1, 2))
+        row_BT = cross_position_loss(
+            "reverse_kl", s_logits[1:], response_logits(teacher, part.teacher), part, vocab
+        )
+    assert cross.columns_BT[1].tolist() == [0, 1, 1, 2, 3, 3, 4]
+    for t, column in enumerate(cross.columns_BT[1].tolist()):
+        by_hand = reverse_kl(
+            s_logits[1, t, vocab.student_ids_S], t_logits[1, column, vocab.teacher_ids_S]
+        )
+        assert loss_BT[1, t].item() == pytest.approx(by_hand.item(), abs=1e-5)
+    assert torch.allclose(row_BT[0], loss_BT[1], atol=1e-5)
+
+
 def test_position_stats_for_a_cross_tokenizer_pair(llama_model_dir, bpe_model_dir) -> None:
     pair = ModelPair(str(llama_model_dir), str(bpe_model_dir), device="cpu", dtype="float32")
     student, teacher = (load_policy(name, pair) for name in (pair.student, pair.teacher))
