@@ -232,6 +232,7 @@ def build_cross_batch(
 
 def aligned_teacher_logits(teacher_logits_BUV: Tensor, columns_BT: Tensor) -> Tensor:
     """The teacher's logits [B, T, V_t] read at each student position's aligned column."""
+    columns_BT = columns_BT.to(teacher_logits_BUV.device)
     rows_B1 = torch.arange(columns_BT.shape[0], device=columns_BT.device)[:, None]
     return teacher_logits_BUV[rows_B1, columns_BT]
 
@@ -247,7 +248,7 @@ def shared_logits(
     device = student_logits_BTV.device
     student_BTS = student_logits_BTV.index_select(-1, vocab.student_ids_S.to(device))
     teacher_BUS = teacher_logits_BUV.index_select(-1, vocab.teacher_ids_S.to(device))
-    return student_BTS, aligned_teacher_logits(teacher_BUS, cross.columns_BT.to(device))
+    return student_BTS, aligned_teacher_logits(teacher_BUS, cross.columns_BT)
 
 
 def cross_position_loss(
@@ -282,7 +283,7 @@ def cross_position_loss(
     if name == "sampled_token":
         if student_tokens_BT is None:
             raise ValueError("loss 'sampled_token' needs student_tokens_BT")
-        index_BT = vocab.shared_index(student_tokens_BT).clamp(min=0)
+        index_BT = vocab.shared_index(student_tokens_BT.to(student_BTS.device)).clamp(min=0)
         logp = {
             "student_logp_BT": token_logprobs(student_BTS, index_BT),
             "teacher_logp_BT": token_logprobs(teacher_BTS, index_BT),
