@@ -22,7 +22,7 @@ from esr_lab.crosstok import (
     shared_vocab,
 )
 from esr_lab.data import Problem
-from esr_lab.divergences import reduce_loss, reverse_kl, sorted_probability_l1
+from esr_lab.divergences import reduce_loss, reverse_kl
 from esr_lab.errors import UserError
 from esr_lab.policy import load_policy
 from esr_lab.scoring import build_batch, response_logits, vocabularies_agree
@@ -207,17 +207,17 @@ def test_shared_vocab_kl_against_hand_computation() -> None:
     assert sampled.item() == pytest.approx(math.log(5 / 7) * math.log(5 / 4), abs=1e-6)
 
 
-def test_uld_against_hand_computation() -> None:
-    # Sorted: [.9, .1, 0] vs [.5, .3, .2] -> |.4| + |.2| + |.2| = 0.8, whichever side is longer.
-    p_s, p_t = torch.tensor([0.1, 0.9]).log(), torch.tensor([0.2, 0.5, 0.3]).log()
-    assert sorted_probability_l1(p_s, p_t).item() == pytest.approx(0.8, abs=1e-6)
-    assert sorted_probability_l1(p_t, p_s).item() == pytest.approx(0.8, abs=1e-6)
-    same = torch.tensor([0.3, 0.7]).log()
-    assert sorted_probability_l1(same, same.flip(-1)).item() == pytest.approx(0.0, abs=1e-7)
-    cross = _cross([[0]])
+def test_uld_reads_the_aligned_column_over_the_full_vocabularies() -> None:
+    # Student [.1, .9]; the teacher's column 1 is [.2, .5, .3]: sorted L1 = 0.8 (column 0 gives 0).
+    p_s = torch.tensor([[[0.1, 0.9]]]).log()
+    p_t = torch.tensor([[[0.9, 0.1, 0.0], [0.2, 0.5, 0.3]]]).clamp(min=1e-30).log()
     vocab = SharedVocab(torch.tensor([0]), torch.tensor([0]), torch.tensor([0, -1]))
-    loss = cross_position_loss("uld", p_s[None, None], p_t[None, None], cross, vocab)
-    assert loss.item() == pytest.approx(0.8, abs=1e-6)
+    assert cross_position_loss("uld", p_s, p_t, _cross([[1]]), vocab).item() == pytest.approx(
+        0.8, abs=1e-6
+    )
+    assert cross_position_loss("uld", p_s, p_t, _cross([[0]]), vocab).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 # --- masks --------------------------------------------------------------------------------------
