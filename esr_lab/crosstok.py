@@ -194,13 +194,13 @@ class CrossBatch:
     aligned_BT: Tensor
 
     def to(self, device: torch.device) -> CrossBatch:
-        return CrossBatch(self.teacher.to(device), *(t.to(device) for t in self._masks()))
+        return CrossBatch(self.teacher.to(device), *(t.to(device) for t in self._student_side()))
 
     def rows(self, rows: slice) -> CrossBatch:
         """A micro-batch: the same layout for a subset of rows."""
-        return CrossBatch(self.teacher.rows(rows), *(t[rows] for t in self._masks()))
+        return CrossBatch(self.teacher.rows(rows), *(t[rows] for t in self._student_side()))
 
-    def _masks(self) -> tuple[Tensor, Tensor]:
+    def _student_side(self) -> tuple[Tensor, Tensor]:
         return self.columns_BT, self.aligned_BT
 
 
@@ -245,10 +245,13 @@ def shared_logits(
     Gathering logits (not probabilities) means any log-softmax over them renormalises each
     distribution over the shared strings.
     """
-    device = student_logits_BTV.device
-    student_BTS = student_logits_BTV.index_select(-1, vocab.student_ids_S.to(device))
-    teacher_BUS = teacher_logits_BUV.index_select(-1, vocab.teacher_ids_S.to(device))
+    student_BTS = _select(student_logits_BTV, vocab.student_ids_S)
+    teacher_BUS = _select(teacher_logits_BUV, vocab.teacher_ids_S)
     return student_BTS, aligned_teacher_logits(teacher_BUS, cross.columns_BT)
+
+
+def _select(logits: Tensor, ids_S: Tensor) -> Tensor:
+    return logits.index_select(-1, ids_S.to(logits.device))
 
 
 def cross_position_loss(
