@@ -133,6 +133,25 @@ def topk_support_kl(
     )
 
 
+def sorted_probability_l1(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """ULD: sum_i |sort(p_s)_i - sort(p_t)_i| per position, [..., V_s] and [..., V_t] -> [...].
+
+    Both distributions are sorted in decreasing order and the shorter one is padded with zeros,
+    so the two vocabularies need not share a single id or string: this is the closed form of
+    the Wasserstein-1 distance under a uniform transport cost. It ignores which token carries
+    which probability, so it matches the shape of the teacher's distribution, not its content.
+    """
+    # Universal Logit Distillation: Boizard et al. 2024 (arXiv 2402.12030); TRL ULDLoss / GOLD.
+    p_s = _log_probs(student_logits, temperature).exp().sort(-1, descending=True).values
+    p_t = _log_probs(teacher_logits, temperature).exp().sort(-1, descending=True).values
+    width = max(p_s.shape[-1], p_t.shape[-1])
+    p_s = F.pad(p_s, (0, width - p_s.shape[-1]))
+    p_t = F.pad(p_t, (0, width - p_t.shape[-1]))
+    return (p_s - p_t).abs().sum(-1)
+
+
 def per_position_loss(
     name: str,
     student_logits_BTV: Tensor | None,

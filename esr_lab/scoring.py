@@ -78,6 +78,17 @@ def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.T
     return logp_BTV.gather(-1, tokens_BT[..., None]).squeeze(-1)
 
 
+def vocabularies_agree(student_tokenizer, teacher_tokenizer) -> bool:
+    """Whether the two tokenizers give the same token to every id both have.
+
+    True is the fast path: one vocabulary extends the other, so both models read the same
+    response ids. False needs the cross-tokenizer path of `esr_lab.crosstok`.
+    """
+    ids = list(range(min(len(student_tokenizer), len(teacher_tokenizer))))
+    student_tokens = student_tokenizer.convert_ids_to_tokens(ids)
+    return student_tokens == teacher_tokenizer.convert_ids_to_tokens(ids)
+
+
 def shared_vocab_size(student_tokenizer, teacher_tokenizer) -> int:
     """How many leading ids both models can be compared on.
 
@@ -85,14 +96,12 @@ def shared_vocab_size(student_tokenizer, teacher_tokenizer) -> int:
     the other); the KL is then taken over those ids, each distribution renormalised over them.
     """
     n_student, n_teacher = len(student_tokenizer), len(teacher_tokenizer)
-    shared = min(n_student, n_teacher)
-    ids = list(range(shared))
-    if student_tokenizer.convert_ids_to_tokens(ids) != teacher_tokenizer.convert_ids_to_tokens(ids):
+    if not vocabularies_agree(student_tokenizer, teacher_tokenizer):
         raise UserError(
             f"student and teacher vocabularies differ ({n_student} and {n_teacher} ids, not the "
             "same tokens on their overlap); on-policy distillation needs a shared vocabulary"
         )
-    return shared
+    return min(n_student, n_teacher)
 
 
 @torch.no_grad()
@@ -126,12 +135,19 @@ def position_stats(
         t_logits = response_logits(teacher.loaded.model, t_batch)[..., :shared]
         stats = chunked_position_stats(s_logits, t_logits.to(s_logits.device))
         mask = s_batch.response_mask_BT & (s_batch.response_ids_BT < shared)
-        b, t = mask.nonzero(as_tuple=True)
-        frame = {
-            "row": (b + start).tolist(),
-            "position": t.tolist(),
-            "token_id": s_batch.response_ids_BT[b, t].tolist(),
-        }
-        frame.update({name: value[b, t].cpu().numpy() for name, value in stats.items()})
-        frames.append(pd.DataFrame(frame))
+        frames.append(stats_frame(stats, mask, s_batch.response_ids_BT, start))
     return pd.concat(frames, ignore_index=True)
+
+
+def stats_frame(
+    stats: dict[str, torch.Tensor], mask_BT: torch.Tensor, ids_BT: torch.Tensor, first_row: int
+) -> pd.DataFrame:
+    """One micro-batch of `chunked_position_stats` as long rows, one per position in the mask."""
+    b, t = mask_BT.nonzero(as_tuple=True)
+    frame = {
+        "row": (b + first_row).tolist(),
+        "position": t.tolist(),
+        "token_id": ids_BT[b, t].tolist(),
+    }
+    frame.update({name: value[b, t].cpu().numpy() for name, value in stats.items()})
+    return pd.DataFrame(frame)

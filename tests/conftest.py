@@ -13,7 +13,13 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -23,6 +29,12 @@ CHAT_TEMPLATE = (
     "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
     "{% endif %}"
 )
+# A second family for cross-tokenizer tests: other specials (so every id moves), other template.
+LLAMA_SPECIALS = ("<pad>", "<s>", "</s>", "<|eot_id|>")
+LLAMA_TEMPLATE = (
+    "<s>{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
 CORPUS = [
     "Compute 12 + 7 * 3. First multiply: 7 * 3 = 21. Then add: 12 + 21 = 33. \\boxed{33}",
     "The answer is \\boxed{42}. Please reason step by step.",
@@ -30,7 +42,12 @@ CORPUS = [
 
 
 def byte_level_tokenizer(
-    merges_corpus: list[str] | None = None, vocab_size: int = 300, specials=tuple(SPECIALS)
+    merges_corpus: list[str] | None = None,
+    vocab_size: int = 300,
+    specials=tuple(SPECIALS),
+    eos: str = "<|im_end|>",
+    pad: str = "<|endoftext|>",
+    chat_template: str = CHAT_TEMPLATE,
 ):
     """A lossless byte-level BPE tokenizer: raw bytes only, or with merges learned on a corpus."""
     tok = Tokenizer(models.BPE())
@@ -43,11 +60,17 @@ def byte_level_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(merges_corpus or ["a"], trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
+    wrapped.chat_template = chat_template
     return wrapped
+
+
+def llama_tokenizer():
+    """Byte-level BPE on CORPUS with fewer merges than `byte_level_tokenizer(CORPUS)` and other
+    specials: the same strings under other ids, and some of its tokens split in two there."""
+    return byte_level_tokenizer(
+        CORPUS, 280, LLAMA_SPECIALS, eos="<|eot_id|>", pad="<pad>", chat_template=LLAMA_TEMPLATE
+    )
 
 
 def tiny_model(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id: int = 0):
@@ -69,9 +92,27 @@ def tiny_model(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id
     return Qwen3ForCausalLM(config).eval()
 
 
-def save_pair(folder: Path, tokenizer, seed: int = 0) -> Path:
+def tiny_llama(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id: int = 0):
+    """A randomly initialised 2-layer Llama, the other architecture of cross-tokenizer tests."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def save_pair(folder: Path, tokenizer, seed: int = 0, build=tiny_model) -> Path:
     """A model+tokenizer folder as `save_pretrained` writes it (the local stand-in for a hub id)."""
-    model = tiny_model(len(tokenizer), seed, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = build(len(tokenizer), seed, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
@@ -87,6 +128,13 @@ def byte_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bpe_model_dir(tmp_path_factory) -> Path:
     return save_pair(tmp_path_factory.mktemp("bpe_model"), byte_level_tokenizer(CORPUS), seed=1)
+
+
+@pytest.fixture(scope="session")
+def llama_model_dir(tmp_path_factory) -> Path:
+    """A Llama student whose tokenizer differs from `bpe_model_dir`'s Qwen3 teacher's."""
+    folder = tmp_path_factory.mktemp("llama_model")
+    return save_pair(folder, llama_tokenizer(), seed=2, build=tiny_llama)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,6 +19,7 @@ from esr_lab.divergences import (
     reverse_kl,
     sampled_token_advantage,
     sampled_token_pg_loss,
+    sorted_probability_l1,
     topk_support_kl,
 )
 from esr_lab.errors import UserError
@@ -142,8 +143,9 @@ def test_jsd_endpoints_are_the_kls_and_middle_is_bounded() -> None:
         lambda s, t: generalized_jsd(s, t, 0.3, temperature=1.5),
         lambda s, t: topk_support_kl(s, t, k=3, temperature=1.5),
         lambda s, t: chunked_reverse_kl(s, t, chunk=2, temperature=1.5),
+        lambda s, t: sorted_probability_l1(s, t, temperature=1.5),
     ],
-    ids=["reverse_kl", "forward_kl", "jsd", "topk_support", "chunked_reverse_kl"],
+    ids=["reverse_kl", "forward_kl", "jsd", "topk_support", "chunked_reverse_kl", "uld"],
 )
 def test_gradcheck_float64(fn) -> None:
     s = _logits(2, 3, 5, dtype=torch.float64).requires_grad_()
@@ -183,6 +185,16 @@ def test_sampled_token_pg_loss_detaches_the_advantage() -> None:
 
 
 # --- top-k support ---------------------------------------------------------------------------
+
+
+def test_uld_hand_computed() -> None:
+    # Sorted and zero-padded: [.9, .1, 0] vs [.5, .3, .2] -> .4 + .2 + .2 = 0.8, either order.
+    p_s, p_t = torch.tensor([0.1, 0.9]).log(), torch.tensor([0.2, 0.5, 0.3]).log()
+    assert sorted_probability_l1(p_s, p_t).item() == pytest.approx(0.8, abs=1e-6)
+    assert sorted_probability_l1(p_t, p_s).item() == pytest.approx(0.8, abs=1e-6)
+    # Blind to which token holds which probability: a permuted distribution costs nothing.
+    p = torch.tensor([0.3, 0.7]).log()
+    assert sorted_probability_l1(p, p.flip(-1)).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_topk_support_full_vocab_equals_reverse_kl() -> None:

@@ -1,0 +1,334 @@
+"""Cross-tokenizer OPD: score a student's tokens with a teacher that tokenizes text differently.
+
+When `scoring.vocabularies_agree` holds (one vocabulary extends the other) both models read the
+same response ids and nothing here is needed. Otherwise the ESR paper's released code (its
+Gemma-2 -> Gemma-3 pair) goes through text, and so does this module:
+
+1. Alignment. The student's response ids are decoded to text, keeping each student token's
+   character span; the teacher re-tokenizes that text with character offsets and reads it after
+   its own prompt. Student position t reads the teacher's next-token distribution that predicts
+   the teacher token covering t's middle character (index start + length // 2), i.e. the
+   teacher's logits one position before that token. Position t has no alignment (mask False)
+   when its span is empty (a continuation byte of a character split over several tokens: the
+   token starting the character takes all of it), when no teacher token covers its middle
+   character, or when its token string is not in both vocabularies.
+2. Vocabulary matching by token string. Both distributions are restricted to the strings the
+   two vocabularies share and renormalised there (the log-softmax runs over the gathered
+   logits); any loss of `divergences.LOSSES` is then taken there, reverse KL by default.
+3. "uld", Universal Logit Distillation, needs no shared strings: the L1 distance between the
+   sorted probability vectors of the two full distributions.
+
+API (B rows, T student response positions, U teacher response positions, S shared strings):
+
+    vocab = shared_vocab(student_tok, teacher_tok)               # once per run; refuses a pair
+    cross = build_cross_batch(student_tok, teacher_tok, teacher_prompts, responses, vocab)
+    student_batch = scoring.build_batch(student_prompts, responses, student_pad_id)  # as today
+    t_logits_BUV = scoring.response_logits(teacher_model, cross.teacher)             # no grad
+    s_logits_BTV = scoring.response_logits(student_model, student_batch)
+    loss_BT = cross_position_loss("reverse_kl", s_logits_BTV, t_logits_BUV, cross, vocab)
+    mask_BT = student_batch.response_mask_BT & cross.aligned_BT
+
+`shared_logits` gives the [B, T, S] pair behind the losses, for `chunked_position_stats`;
+`position_stats` is `scoring.position_stats` for such a pair. Building the spans decodes every
+prefix of a response: quadratic, about 2 ms for ESR's 100 tokens, 0.3 s for 2,048 and 0.9 s for
+3,584 (one CPU core, byte-level BPE). Rows are aligned on the CPU before the teacher's pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from esr_lab.data import Problem
+from esr_lab.divergences import (
+    LOSSES,
+    chunked_position_stats,
+    chunked_reverse_kl,
+    per_position_loss,
+    sorted_probability_l1,
+)
+from esr_lab.errors import UserError
+from esr_lab.policy import Policy
+from esr_lab.scoring import ScoringBatch, build_batch, response_logits, stats_frame, token_logprobs
+
+# Share of the smaller vocabulary whose strings the other vocabulary must also hold. Below half,
+# most of the smaller model's tokens get no probability from the other, and a KL renormalised
+# over what is left no longer describes either model's distribution. Pairs meant for this path
+# (two byte-level BPEs, two SentencePiece generations of one family) share far more.
+MIN_OVERLAP = 0.5
+CROSS_LOSSES = (*LOSSES, "uld")
+
+
+@dataclass(frozen=True)
+class SharedVocab:
+    """The token strings both vocabularies hold: position s is the same string on both sides."""
+
+    student_ids_S: Tensor
+    teacher_ids_S: Tensor
+    student_to_shared: Tensor  # [max student id + 1]: index into S, -1 where not shared
+
+    def shared_index(self, student_ids: Tensor) -> Tensor:
+        """Each student id's index into S; -1 where its string is not shared or the id unknown."""
+        lookup = self.student_to_shared.to(student_ids.device)
+        known = student_ids < lookup.numel()
+        return torch.where(known, lookup[student_ids.clamp(max=lookup.numel() - 1)], -1)
+
+
+def shared_vocab(
+    student_tokenizer, teacher_tokenizer, min_overlap: float = MIN_OVERLAP
+) -> SharedVocab:
+    """Match the vocabularies by token string; refuse a pair that shares too few strings.
+
+    The overlap is counted against the smaller vocabulary, so a vocabulary that extends the
+    other counts as full overlap. The teacher tokenizer must be a fast one: the alignment
+    needs its character offsets.
+    """
+    if not 0.0 <= min_overlap <= 1.0:
+        raise UserError(f"min_overlap={min_overlap} is not accepted; use a number in [0, 1]")
+    if not teacher_tokenizer.is_fast:
+        raise UserError(
+            f"teacher tokenizer {type(teacher_tokenizer).__name__} gives no character offsets; "
+            "cross-tokenizer OPD needs a fast (Rust) tokenizer"
+        )
+    student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    pairs = sorted((i, teacher_vocab[s]) for s, i in student_vocab.items() if s in teacher_vocab)
+    n_student, n_teacher = len(student_vocab), len(teacher_vocab)
+    fraction = len(pairs) / max(1, min(n_student, n_teacher))
+    if fraction < min_overlap:
+        raise UserError(
+            f"student and teacher share {len(pairs):,} of {n_student:,} / {n_teacher:,} token "
+            f"strings ({fraction:.1%}); cross-tokenizer OPD needs at least {min_overlap:.0%}"
+        )
+    ids_S2 = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    student_to_shared = torch.full((max(student_vocab.values()) + 1,), -1, dtype=torch.long)
+    student_to_shared[ids_S2[:, 0]] = torch.arange(len(pairs))
+    return SharedVocab(ids_S2[:, 0], ids_S2[:, 1], student_to_shared)
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    """Text exactly as the ids spell it: no special tokens dropped, no spacing clean-up."""
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    return len(a) if b.startswith(a) else len(os.path.commonprefix([a, b]))
+
+
+def char_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The decoded text and each token's [start, end) character span in it.
+
+    Spans come from decoding every prefix, because a token decoded alone is not its share of
+    the text (byte-level pieces, SentencePiece's leading space). A prefix that ends inside a
+    multi-byte character decodes to replacement characters that the full text does not have:
+    the token that starts the character takes it (one character past the agreed text), and its
+    continuation bytes get empty spans. So a split character is compared where the student
+    starts writing it, as the teacher's side is (see `_covering_token`). A byte-fallback
+    decoder garbles a whole run of byte tokens until its last character is complete; there the
+    later characters go to the tokens that complete them.
+    """
+    text = _decode(tokenizer, ids)
+    spans, end = [], 0
+    for k in range(len(ids)):
+        prefix = _decode(tokenizer, ids[: k + 1])
+        agreed = _common_prefix_length(prefix, text)
+        new_end = max(end, min(agreed + 1, len(prefix)))
+        spans.append((end, new_end))
+        end = new_end
+    return text, spans
+
+
+def _covering_token(offsets: Sequence[tuple[int, int]], length: int) -> list[int]:
+    """For each character, the first token whose offsets cover it (-1 where none does).
+
+    The first, because the bytes of one character all carry that character's offsets, and the
+    teacher starts writing the character with the first of them.
+    """
+    owner = [-1] * length
+    for j in reversed(range(len(offsets))):
+        start, end = offsets[j]
+        owner[start:end] = [j] * (end - start)
+    return owner
+
+
+@dataclass(frozen=True)
+class RowAlignment:
+    """One response seen by both tokenizers."""
+
+    text: str
+    student_spans: list[tuple[int, int]]
+    teacher_ids: list[int]
+    columns: list[int]  # per student token: the teacher response column to read, -1 if none
+
+
+def align_response(
+    student_tokenizer, teacher_tokenizer, response_ids: Sequence[int]
+) -> RowAlignment:
+    """Student token t reads teacher column j: j is the teacher token covering t's middle char.
+
+    Column j of `scoring.response_logits` is the teacher's distribution predicting its response
+    token j, so t is compared with what the teacher would write where t's text sits.
+    """
+    text, spans = char_spans(student_tokenizer, response_ids)
+    encoded = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    owner = _covering_token(encoded["offset_mapping"], len(text))
+    columns = [owner[(start + end) // 2] if start < end else -1 for start, end in spans]
+    return RowAlignment(text, spans, list(encoded["input_ids"]), columns)
+
+
+@dataclass
+class CrossBatch:
+    """The teacher's view of a batch of student responses, and where each student token reads.
+
+    `teacher` is a ScoringBatch: the teacher's own prompts (left-padded) then its tokens of each
+    response text (right-padded). `columns_BT` (0 where unaligned, so it can always be used as
+    an index) and `aligned_BT` have the student batch's [B, T] layout.
+    """
+
+    teacher: ScoringBatch
+    columns_BT: Tensor
+    aligned_BT: Tensor
+
+    def to(self, device: torch.device) -> CrossBatch:
+        return CrossBatch(self.teacher.to(device), *(t.to(device) for t in self._student_side()))
+
+    def rows(self, rows: slice) -> CrossBatch:
+        """A micro-batch: the same layout for a subset of rows."""
+        return CrossBatch(self.teacher.rows(rows), *(t[rows] for t in self._student_side()))
+
+    def _student_side(self) -> tuple[Tensor, Tensor]:
+        return self.columns_BT, self.aligned_BT
+
+
+def build_cross_batch(
+    student_tokenizer,
+    teacher_tokenizer,
+    teacher_prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    vocab: SharedVocab,
+) -> CrossBatch:
+    """Align every response and lay the teacher's inputs out as `scoring.build_batch` does.
+
+    `teacher_prompts[i]` is row i's prompt in the teacher's own template (with its no-think
+    marker where it has one); `responses[i]` are the student's response ids, stop token removed.
+    """
+    rows = [align_response(student_tokenizer, teacher_tokenizer, r) for r in responses]
+    teacher = build_batch(
+        teacher_prompts, [row.teacher_ids for row in rows], teacher_tokenizer.pad_token_id
+    )
+    width = max(1, max(len(r) for r in responses))
+    columns_BT = torch.full((len(rows), width), -1, dtype=torch.long)
+    ids_BT = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, response) in enumerate(zip(rows, responses, strict=True)):
+        columns_BT[i, : len(response)] = torch.tensor(row.columns, dtype=torch.long)
+        ids_BT[i, : len(response)] = torch.tensor(response, dtype=torch.long)
+    aligned_BT = (columns_BT >= 0) & (vocab.shared_index(ids_BT) >= 0)
+    return CrossBatch(teacher, columns_BT.clamp(min=0), aligned_BT)
+
+
+def aligned_teacher_logits(teacher_logits_BUV: Tensor, columns_BT: Tensor) -> Tensor:
+    """The teacher's logits [B, T, V_t] read at each student position's aligned column."""
+    columns_BT = columns_BT.to(teacher_logits_BUV.device)
+    rows_B1 = torch.arange(columns_BT.shape[0], device=columns_BT.device)[:, None]
+    return teacher_logits_BUV[rows_B1, columns_BT]
+
+
+def shared_logits(
+    student_logits_BTV: Tensor, teacher_logits_BUV: Tensor, cross: CrossBatch, vocab: SharedVocab
+) -> tuple[Tensor, Tensor]:
+    """Student and aligned teacher logits over the shared strings, [B, T, S] each.
+
+    Gathering logits (not probabilities) means any log-softmax over them renormalises each
+    distribution over the shared strings.
+    """
+    student_BTS = _select(student_logits_BTV, vocab.student_ids_S)
+    teacher_BUS = _select(teacher_logits_BUV, vocab.teacher_ids_S)
+    return student_BTS, aligned_teacher_logits(teacher_BUS, cross.columns_BT)
+
+
+def _select(logits: Tensor, ids_S: Tensor) -> Tensor:
+    return logits.index_select(-1, ids_S.to(logits.device))
+
+
+def cross_position_loss(
+    name: str,
+    student_logits_BTV: Tensor,
+    teacher_logits_BUV: Tensor,
+    cross: CrossBatch,
+    vocab: SharedVocab,
+    student_tokens_BT: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    topk: int = 32,
+) -> Tensor:
+    """Per-position loss [B, T] between the student and its aligned teacher distribution.
+
+    "uld" compares the full distributions; every name of `divergences.LOSSES` is taken over
+    the shared strings, reverse KL through the memory-lean chunked path ("uld" is not chunked:
+    it sorts float32 probabilities of every position at once). "sampled_token" needs
+    `student_tokens_BT` (the student's response ids). Unaligned positions hold finite values
+    without meaning: the caller masks them with `cross.aligned_BT`.
+    """
+    if name not in CROSS_LOSSES:
+        raise UserError(f"loss {name!r} is unknown; choose one of {', '.join(CROSS_LOSSES)}")
+    if name == "uld":
+        teacher_BTV = aligned_teacher_logits(teacher_logits_BUV, cross.columns_BT)
+        return sorted_probability_l1(student_logits_BTV, teacher_BTV, temperature)
+    student_BTS, teacher_BTS = shared_logits(student_logits_BTV, teacher_logits_BUV, cross, vocab)
+    if name == "reverse_kl":
+        return chunked_reverse_kl(student_BTS, teacher_BTS, temperature=temperature)
+    logp = {}
+    if name == "sampled_token":
+        if student_tokens_BT is None:
+            raise ValueError("loss 'sampled_token' needs student_tokens_BT")
+        index_BT = vocab.shared_index(student_tokens_BT.to(student_BTS.device)).clamp(min=0)
+        logp = {
+            "student_logp_BT": token_logprobs(student_BTS, index_BT),
+            "teacher_logp_BT": token_logprobs(teacher_BTS, index_BT),
+        }
+    return per_position_loss(
+        name, student_BTS, teacher_BTS, temperature=temperature, beta=beta, topk=topk, **logp
+    )
+
+
+@torch.no_grad()
+def position_stats(
+    student: Policy,
+    teacher: Policy,
+    problems: Sequence[Problem],
+    responses: list[list[int]],
+    vocab: SharedVocab,
+    micro_batch: int = 8,
+) -> pd.DataFrame:
+    """`scoring.position_stats` for a pair with different tokenizers: same columns, one row per
+    aligned student token, every statistic over the shared strings."""
+    frames = []
+    for start in range(0, len(responses), micro_batch):
+        rows = range(start, min(start + micro_batch, len(responses)))
+        part = [responses[i] for i in rows]
+        s_batch = build_batch(
+            [student.prompt_ids(problems[i].problem) for i in rows],
+            part,
+            student.tokenizer.pad_token_id,
+        ).to(student.loaded.device)
+        cross = build_cross_batch(
+            student.tokenizer,
+            teacher.tokenizer,
+            [teacher.prompt_ids(problems[i].problem) for i in rows],
+            part,
+            vocab,
+        )
+        t_logits = response_logits(teacher.loaded.model, cross.teacher.to(teacher.loaded.device))
+        s_logits = response_logits(student.loaded.model, s_batch)
+        cross = cross.to(s_logits.device)
+        stats = chunked_position_stats(
+            *shared_logits(s_logits, t_logits.to(s_logits.device), cross, vocab)
+        )
+        mask_BT = s_batch.response_mask_BT & cross.aligned_BT
+        frames.append(stats_frame(stats, mask_BT, s_batch.response_ids_BT, start))
+    return pd.concat(frames, ignore_index=True)
