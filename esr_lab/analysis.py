@@ -95,7 +95,7 @@ def scan(
 ) -> Scan:
     """Sample n student rollouts and score each token against the teacher, chunk by chunk."""
     from esr_lab.console import progress_bar
-    from esr_lab.scoring import position_stats
+    from esr_lab.crosstok import pair_position_stats as position_stats
 
     frames, lengths = [], []
     with progress_bar(show_progress) as bar:

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from esr_lab import scoring
 from esr_lab.data import Problem
 from esr_lab.divergences import (
     LOSSES,
@@ -54,7 +55,14 @@ from esr_lab.divergences import (
 )
 from esr_lab.errors import UserError
 from esr_lab.policy import Policy
-from esr_lab.scoring import ScoringBatch, build_batch, response_logits, stats_frame, token_logprobs
+from esr_lab.scoring import (
+    ScoringBatch,
+    build_batch,
+    response_logits,
+    stats_frame,
+    token_logprobs,
+    vocabularies_agree,
+)
 
 # Share of the smaller vocabulary whose strings the other vocabulary must also hold. Below half,
 # most of the smaller model's tokens get no probability from the other, and a KL renormalised
@@ -332,3 +340,13 @@ def position_stats(
         mask_BT = s_batch.response_mask_BT & cross.aligned_BT
         frames.append(stats_frame(stats, mask_BT, s_batch.response_ids_BT, start))
     return pd.concat(frames, ignore_index=True)
+
+
+def pair_position_stats(
+    student: Policy, teacher: Policy, problems: Sequence[Problem], responses: list[list[int]]
+) -> pd.DataFrame:
+    """`scoring.position_stats` for any pair: through text when the tokenizers differ."""
+    if vocabularies_agree(student.tokenizer, teacher.tokenizer):
+        return scoring.position_stats(student, teacher, problems, responses)
+    vocab = shared_vocab(student.tokenizer, teacher.tokenizer)
+    return position_stats(student, teacher, problems, responses, vocab)

@@ -34,7 +34,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import distributed, divergences, evaluate, selection
+from esr_lab import crosstok, distributed, divergences, evaluate, selection
 from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -43,7 +43,13 @@ from esr_lab.models import fingerprint, load_tokenizer
 from esr_lab.policy import Policy, load_policy
 from esr_lab.prompts import PLACEMENTS, PromptStyle
 from esr_lab.rollout import row_seed, sampling_logprobs
-from esr_lab.scoring import ScoringBatch, build_batch, response_logits, shared_vocab_size
+from esr_lab.scoring import (
+    ScoringBatch,
+    build_batch,
+    response_logits,
+    shared_vocab_size,
+    vocabularies_agree,
+)
 from esr_lab.toy import TOY_WORLDS
 
 # peft asks transformers a deprecated question on every wrap; it is not ours to answer.
@@ -63,8 +69,9 @@ class TrainConfig:
     budget: int | None = None  # positions per sequence for top-k / random selectors
     progressive: tuple[int, int] | None = None  # (n_start, n_end): N grows over training
     progressive_schedule: str = "linear"  # selection.PROGRESSIVE_SCHEDULES
-    loss: str = "reverse_kl"
+    loss: str = "reverse_kl"  # divergences.LOSSES, or "uld" for a pair with different tokenizers
     loss_temperature: float = 1.0
+    min_vocab_overlap: float = crosstok.MIN_OVERLAP  # pairs with different tokenizers
     jsd_beta: float = 0.5
     topk: int = 32
     reduction: str = "sequence_sum"  # divergences.REDUCTIONS
@@ -172,8 +179,8 @@ class TrainConfig:
             eval_every=self.eval_every,
             eval_samples=self.eval_samples,
         )
-        if self.loss not in divergences.LOSSES:
-            raise UserError(f"unknown loss '{self.loss}'; use {', '.join(divergences.LOSSES)}")
+        if self.loss not in crosstok.CROSS_LOSSES:
+            raise UserError(f"unknown loss '{self.loss}'; use {', '.join(crosstok.CROSS_LOSSES)}")
         if self.selector not in selection.SELECTORS:
             raise UserError(
                 f"unknown selector '{self.selector}'; use {', '.join(selection.SELECTORS)}"
@@ -258,7 +265,8 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_problems: list[Problem]
     eval_problems: list[Problem]
-    shared_vocab: int
+    shared_vocab: int  # leading ids both models read alike (all student ids for a cross pair)
+    cross_vocab: crosstok.SharedVocab | None  # set when the tokenizers differ: score via text
     group: distributed.Group = field(default_factory=distributed.Group)
     timings: dict[str, float] = field(default_factory=dict)
     peaks_mb: dict[str, float] = field(default_factory=dict)
@@ -276,10 +284,21 @@ def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Fail on a missing model, mismatched vocabularies or a missing dataset, without loading
-    weights. Models first: they are the cheaper check and the likelier typo."""
-    shared_vocab_size(load_tokenizer(cfg.pair.student), load_tokenizer(cfg.pair.teacher))
+    """Fail on a missing model, a pair without enough shared vocabulary or a missing dataset,
+    without loading weights. Models first: they are the cheaper check and the likelier typo."""
+    vocabularies(load_tokenizer(cfg.pair.student), load_tokenizer(cfg.pair.teacher), cfg)
     load_datasets(cfg)
+
+
+def vocabularies(student_tokenizer, teacher_tokenizer, cfg: TrainConfig):
+    """(ids compared directly, shared strings or None): a pair whose tokenizers agree on their
+    common ids compares those ids; any other pair is scored through text (crosstok.py)."""
+    if vocabularies_agree(student_tokenizer, teacher_tokenizer):
+        if cfg.loss == "uld":
+            raise UserError("--loss uld is for pairs with different tokenizers; these share one")
+        return shared_vocab_size(student_tokenizer, teacher_tokenizer), None
+    strings = crosstok.shared_vocab(student_tokenizer, teacher_tokenizer, cfg.min_vocab_overlap)
+    return len(student_tokenizer), strings
 
 
 def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -301,7 +320,7 @@ def setup(cfg: TrainConfig) -> Trainer:
     train_problems, eval_problems = load_datasets(cfg)
     student = load_policy(cfg.pair.student, cfg.pair, master_weights=cfg.full_finetune)
     teacher = load_policy(cfg.pair.teacher, cfg.pair)
-    shared = shared_vocab_size(student.tokenizer, teacher.tokenizer)
+    shared, cross_vocab = vocabularies(student.tokenizer, teacher.tokenizer, cfg)
     torch.manual_seed(cfg.seed)  # LoRA's initial A matrices
     if not cfg.full_finetune:
         lora = LoraConfig(
@@ -326,6 +345,7 @@ def setup(cfg: TrainConfig) -> Trainer:
         shuffled,
         eval_problems,
         shared,
+        cross_vocab,
         distributed.group(),
     )
 
@@ -385,15 +405,35 @@ def rollout(trainer: Trainer, step: int) -> tuple[list[Problem], list[list[int]]
 
 def teacher_prompt_ids(trainer: Trainer, problem: Problem) -> list[int]:
     """What the teacher reads before the response: its own rendering of the problem, or (as the
-    released code) the student's prompt tokens followed by the teacher's no-think marker."""
-    if trainer.cfg.teacher_prompt == "student":
-        return trainer.student.prompt_ids(problem.problem) + trainer.teacher.no_think_ids
-    return trainer.teacher.prompt_ids(problem.problem)
+    released code) the student's prompt followed by the teacher's no-think marker, as the
+    student's ids or, for a pair with different tokenizers, re-tokenized from its text."""
+    if trainer.cfg.teacher_prompt == "own":
+        return trainer.teacher.prompt_ids(problem.problem)
+    prompt = trainer.student.prompt_ids(problem.problem)
+    if trainer.cross_vocab is not None:
+        text = trainer.student.tokenizer.decode(prompt)
+        prompt = trainer.teacher.tokenizer(text, add_special_tokens=False).input_ids
+    return prompt + trainer.teacher.no_think_ids
 
 
-def loss_mask(trainer: Trainer, batch: ScoringBatch) -> torch.Tensor:
-    """Response positions that may carry loss: real tokens the teacher can score."""
+def teacher_view(trainer: Trainer, problems: list[Problem], responses: list[list[int]]):
+    """The teacher's inputs: the same response ids after its prompts, or (different
+    tokenizers) a crosstok.CrossBatch holding its own tokens of the response text."""
+    prompts = [teacher_prompt_ids(trainer, p) for p in problems]
+    if trainer.cross_vocab is None:
+        return build_batch(prompts, responses, trainer.teacher.tokenizer.pad_token_id)
+    student_tok, teacher_tok = trainer.student.tokenizer, trainer.teacher.tokenizer
+    return crosstok.build_cross_batch(
+        student_tok, teacher_tok, prompts, responses, trainer.cross_vocab
+    )
+
+
+def loss_mask(trainer: Trainer, batch: ScoringBatch, teacher_batch=None) -> torch.Tensor:
+    """Response positions that may carry loss: real tokens the teacher can score (for a pair
+    with different tokenizers, the positions aligned to a teacher token)."""
     mask_BT = batch.response_mask_BT & (batch.response_ids_BT < trainer.shared_vocab)
+    if isinstance(teacher_batch, crosstok.CrossBatch):
+        mask_BT &= teacher_batch.aligned_BT.to(mask_BT.device)
     if trainer.cfg.mask_special_tokens:
         tokenizer = trainer.student.tokenizer
         stops = trainer.student.loaded.stop_ids(trainer.cfg.sampling.stop_at_end_of_turn)
@@ -486,12 +526,8 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         responses,
         trainer.student.tokenizer.pad_token_id,
     )
-    teacher_batch = build_batch(
-        [teacher_prompt_ids(trainer, p) for p in problems],
-        responses,
-        trainer.teacher.tokenizer.pad_token_id,
-    )
-    full_mask_BT = loss_mask(trainer, student_batch)
+    teacher_batch = teacher_view(trainer, problems, responses)
+    full_mask_BT = loss_mask(trainer, student_batch, teacher_batch)
     chosen_BT = select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
     counts = group.sum([int(chosen_BT.sum()), int(chosen_BT.any(-1).sum()), len(responses)])
     norms = dict(zip(("token_mean", "sequence_mean", "sequence_sum"), counts, strict=True))
@@ -547,18 +583,20 @@ def micro_batch_weight(reduction: str, selected_BT: torch.Tensor, batch_norm: in
 
 def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) -> None:
     """Forward and backward over a few rows, weighted so gradients add up to the batch's."""
-    cfg, vocab = trainer.cfg, trainer.shared_vocab
+    cfg = trainer.cfg
     with phase(trainer, "teacher"), torch.no_grad(), trainer.teacher.loaded.autocast():
-        t_logits = response_logits(trainer.teacher.loaded.model, t_batch)[..., :vocab]
+        t_logits = teacher_logits(trainer, t_batch)
     with phase(trainer, "training"):
         with trainer.student.loaded.autocast():
-            s_logits = response_logits(trainer.model, s_batch)[..., :vocab]
-        mask_BT = loss_mask(trainer, s_batch)
+            s_logits = response_logits(trainer.model, s_batch)[..., : trainer.shared_vocab]
+        mask_BT = loss_mask(trainer, s_batch, t_batch)
         stats = None
         if cfg.selector in STAT_SELECTORS or cfg.loss != "reverse_kl":
-            stats = divergences.chunked_position_stats(s_logits.detach(), t_logits)
+            stats = divergences.chunked_position_stats(
+                *compared_logits(trainer, s_logits.detach(), t_logits, t_batch)
+            )
         selected_BT = select(trainer, step, mask_BT, stats, first_row)
-        per_pos_BT = per_position_loss(trainer, s_logits, t_logits, s_batch.response_ids_BT)
+        per_pos_BT = pair_loss(trainer, s_logits, t_logits, t_batch, s_batch.response_ids_BT)
         weight = micro_batch_weight(cfg.reduction, selected_BT, batch_norm)
         loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction) * weight
         loss.backward()
@@ -568,6 +606,33 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
     totals["kl_all"] += float(kl_BT[mask_BT].sum())
     totals["selected"] += int(selected_BT.sum())
     totals["tokens"] += int(mask_BT.sum())
+
+
+def teacher_logits(trainer: Trainer, t_batch) -> torch.Tensor:
+    """The teacher's logits over its response positions: the shared ids of the same tokens, or
+    (different tokenizers) its whole vocabulary over its own tokens of the text."""
+    model = trainer.teacher.loaded.model
+    if isinstance(t_batch, crosstok.CrossBatch):
+        return response_logits(model, t_batch.teacher)
+    return response_logits(model, t_batch)[..., : trainer.shared_vocab]
+
+
+def compared_logits(trainer: Trainer, s_logits, t_logits, t_batch) -> tuple:
+    """Student and teacher logits position by position over the vocabulary they share."""
+    if isinstance(t_batch, crosstok.CrossBatch):
+        return crosstok.shared_logits(s_logits, t_logits, t_batch, trainer.cross_vocab)
+    return s_logits, t_logits
+
+
+def pair_loss(trainer: Trainer, s_logits, t_logits, t_batch, tokens_BT) -> torch.Tensor:
+    """The configured loss per position, for a pair with one vocabulary or through text."""
+    cfg = trainer.cfg
+    if not isinstance(t_batch, crosstok.CrossBatch):
+        return per_position_loss(trainer, s_logits, t_logits, tokens_BT)
+    return crosstok.cross_position_loss(
+        cfg.loss, s_logits, t_logits, t_batch, trainer.cross_vocab, tokens_BT,
+        temperature=cfg.loss_temperature, beta=cfg.jsd_beta, topk=cfg.topk,
+    )  # fmt: skip
 
 
 def _step_metrics(trainer, step, totals, grad_norm, lr, rows, device) -> dict[str, float]:

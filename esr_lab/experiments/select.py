@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from esr_lab.console import progress_bar
+from esr_lab.crosstok import pair_position_stats as position_stats
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import run_variants
@@ -24,7 +25,6 @@ from esr_lab.figures import plot_select
 from esr_lab.policy import load_policy
 from esr_lab.records import write_table
 from esr_lab.rollout import row_seed
-from esr_lab.scoring import position_stats
 from esr_lab.train import TrainConfig
 
 BASELINES = (
