@@ -116,9 +116,16 @@ class TrainOptions:
     recipe: Annotated[
         str | None, _opt("esr-lab (default) or paper-code (the paper's released code).")
     ] = None
-    loss: Annotated[str, _opt("reverse_kl, forward_kl, jsd, sampled_token, topk_support.")] = (
-        "reverse_kl"
-    )
+    loss: Annotated[
+        str,
+        _opt(
+            "reverse_kl, forward_kl, jsd, sampled_token, topk_support; uld (different tokenizers)."
+        ),
+    ] = "reverse_kl"
+    min_vocab_overlap: Annotated[
+        float | None,
+        _opt("Pairs with different tokenizers: least share of token strings both hold [0.5]."),
+    ] = None
     reduction: Annotated[
         str | None, _opt("sequence_sum [esr-lab], sequence_mean [paper-code] or token_mean.")
     ] = None
