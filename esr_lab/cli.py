@@ -168,6 +168,9 @@ class TrainOptions:
     eval_limit: Annotated[int | None, _opt("Eval problems used.")] = None
     eval_samples: Annotated[int, _opt("Samples per eval problem (avg@k).")] = 4
     eval_every: Annotated[int | None, _opt("Steps between evals/checkpoints [paper: 50].")] = None
+    task: Annotated[
+        str | None, _opt("math, humaneval or bfcl [default: from the eval dataset].")
+    ] = None
     eval_top_p: Annotated[float | None, _opt("Eval top-p [default: --top-p; paper-code: 1.0].")] = (
         None
     )

@@ -80,6 +80,24 @@ def grade_samples(
     return out
 
 
+def grade_task_samples(task: str, samples: pd.DataFrame, problems: Sequence) -> pd.DataFrame:
+    """`grade_samples` for a code or function-calling task: its grader's `correct` (every
+    extraction column holds it, there being one way to read a program or a call) and the
+    task-free collapse markers (repetition, length; boxes are counted as they stand)."""
+    from esr_lab import tasks  # the code sandbox and BFCL checker, only when a task needs them
+
+    graded = tasks.grade(task, samples[["problem_id", "sample", "completion"]], problems)
+    out = samples.copy()
+    for column in ("correct", "correct_relaxed", "correct_first_boxed"):
+        out[column] = graded.correct.to_numpy(dtype=bool)
+    out["answer"] = None
+    texts = out.completion.tolist()
+    out["n_boxed"] = [grading.count_boxed(t) for t in texts]
+    out["repetitive"] = [grading.is_repetitive(t) for t in texts]
+    out["chars"] = [len(t) for t in texts]
+    return out
+
+
 def majority_correct(group: pd.DataFrame) -> bool:
     """maj@k: the most voted answer (first seen wins a tie) is a correct one.
 
@@ -102,15 +120,19 @@ def majority_correct(group: pd.DataFrame) -> bool:
 
 
 def accuracy_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    """avg@k, pass@k, maj@k (as fractions), lengths, and the collapse signature of finding 9."""
+    """avg@k, pass@k, maj@k (as fractions), lengths, and the collapse signature of finding 9.
+    maj@k is NaN where no sample has an extracted answer to vote on (code, function calls)."""
     by_problem = graded.groupby("problem_id", sort=False)
+    voted = graded.answer.notna().any()
     avg, low, high = mean_ci(by_problem.correct.mean().tolist())
     return {
         "avg_at_k": avg,
         "avg_ci_low": low,
         "avg_ci_high": high,
         "pass_at_k": float(by_problem.correct.any().mean()),
-        "maj_at_k": float(by_problem.apply(majority_correct, include_groups=False).mean()),
+        "maj_at_k": float(by_problem.apply(majority_correct, include_groups=False).mean())
+        if voted
+        else math.nan,
         "relaxed_avg_at_k": float(by_problem.correct_relaxed.mean().mean()),
         "first_boxed_avg_at_k": float(by_problem.correct_first_boxed.mean().mean()),
         "mean_tokens": float(graded.completion_tokens.mean()),

@@ -34,14 +34,14 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import crosstok, distributed, divergences, evaluate, selection
+from esr_lab import crosstok, distributed, divergences, evaluate, selection, tasks
 from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.memory import PeakMemory
 from esr_lab.models import fingerprint, load_tokenizer
 from esr_lab.policy import Policy, load_policy
-from esr_lab.prompts import PLACEMENTS, PromptStyle
+from esr_lab.prompts import DEFAULT_INSTRUCTION, PLACEMENTS, PromptStyle
 from esr_lab.rollout import row_seed, sampling_logprobs
 from esr_lab.scoring import (
     ScoringBatch,
@@ -103,6 +103,7 @@ class TrainConfig:
     eval_top_p: float | None = None  # None: the rollouts' sampling settings
     eval_max_new_tokens: int | None = None
     extraction: str = "last_boxed"
+    task: str | None = None  # math, humaneval, bfcl (tasks.TASKS); None: from the eval dataset
     seed: int = 0
     collapse_drop: float = 0.2  # relative drop from the peak that flags a collapse
     recipe: str = "esr-lab"  # which named set of defaults filled the fields (recipes.RECIPES)
@@ -201,10 +202,18 @@ class TrainConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         self._check_recipe_fields()
         world = default_dataset(self.pair.student)
+        eval_dataset = self.eval_dataset or world
+        task = self.task or tasks.task_for_dataset(eval_dataset)
+        tasks.get_task(task)  # an unknown task is a one-line error
+        pair = self.pair
+        if task != "math" and pair.instruction == DEFAULT_INSTRUCTION:
+            pair = replace(pair, instruction=tasks.get_task(task).instruction)  # the task's own
         return replace(
             self,
+            pair=pair,
+            task=task,
             train_dataset=self.train_dataset or (world if world != "math500" else "numinamath"),
-            eval_dataset=self.eval_dataset or world,
+            eval_dataset=eval_dataset,
         )
 
     def _check_recipe_fields(self) -> None:
@@ -277,10 +286,15 @@ class Trainer:
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
-    """Training prompts (a toy world's own train split) and evaluation problems."""
+    """Training prompts (a toy world's own train split) and the task's evaluation problems.
+    OPD needs no gold answer to train on, so code and function-calling prompts may lack one."""
     split = "train" if cfg.train_dataset in TOY_WORLDS else None
-    train_problems = load_problems(cfg.train_dataset, limit=cfg.train_limit, split=split)
-    return train_problems, load_problems(cfg.eval_dataset, limit=cfg.eval_limit)
+    train_problems = load_problems(
+        cfg.train_dataset, limit=cfg.train_limit, split=split, require_answer=cfg.task == "math"
+    )
+    if cfg.task == "math":
+        return train_problems, load_problems(cfg.eval_dataset, limit=cfg.eval_limit)
+    return train_problems, tasks.load_task_problems(cfg.task, cfg.eval_dataset, cfg.eval_limit)
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -668,7 +682,10 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
         (cfg.seed, "eval", step),
         cfg.eval_style,
     )
-    graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+    if cfg.task == "math":
+        graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+    else:
+        graded = evaluate.grade_task_samples(cfg.task, samples, problems)
     graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
     return {"step": step, **evaluate.accuracy_metrics(graded)}, graded
 
