@@ -46,6 +46,16 @@ class ModelOptions:
     placement: Annotated[
         str | None, _opt("Where the instruction goes: user, system, user-inline [esr-lab: user].")
     ] = None
+    engine: Annotated[
+        str | None, _opt("Sampler: transformers (default, any device) or vllm (GPU).")
+    ] = None
+    vllm_memory: Annotated[
+        float | None, _opt("vLLM's share of the GPU (weights + KV cache) [0.3].")
+    ] = None
+    vllm_sleep: Annotated[
+        bool | None,
+        _opt("vLLM frees its GPU memory while the student trains [on].", show_default=False),
+    ] = None
 
     def values(self) -> dict:
         """The options as ModelPair field values (None: not given)."""
@@ -60,6 +70,9 @@ class ModelOptions:
             "enable_thinking": self.thinking,
             "threads": threads,
             "placement": self.placement,
+            "engine": self.engine,
+            "vllm_memory": self.vllm_memory,
+            "vllm_sleep": self.vllm_sleep,
         }
 
     def pair(self) -> ModelPair:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from esr_lab import toy
 from esr_lab.prompts import DEFAULT_INSTRUCTION, PromptStyle
 
+ENGINES = ("transformers", "vllm")
 TOY_MAX_NEW_TOKENS = 400  # toy answers run 100-300 tokens
 REAL_MAX_NEW_TOKENS = 4096  # MATH-500 answers of 1.5B-8B models run to several thousand
 
@@ -27,6 +28,9 @@ class ModelPair:
     enable_thinking: bool = False
     threads: int | None = None  # CPU torch threads; None leaves torch's default
     placement: str = "user"  # where the instruction goes: prompts.PLACEMENTS
+    engine: str = "transformers"  # how models sample: ENGINES
+    vllm_memory: float = 0.3  # share of the GPU vLLM may take (weights + KV cache)
+    vllm_sleep: bool = True  # vLLM frees its GPU memory between samplings where it can
 
     @property
     def style(self) -> PromptStyle:

@@ -9,8 +9,9 @@ step from the same weights: the step equals the one-process step with the same g
 Only the main process writes records and checkpoints; evaluation is sharded and gathered.
 
 `esr-lab train --num-processes N` relaunches itself through `accelerate launch`; running
-`accelerate launch -m esr_lab train ...` (any accelerate config, FSDP included) or
-`torchrun --nproc-per-node N -m esr_lab train ...` works too. CPU processes talk over gloo.
+`accelerate launch --multi_gpu -m esr_lab train ...` or `torchrun --nproc-per-node N -m
+esr_lab train ...` works too. CPU processes talk over gloo. Every process holds whole models;
+sharding them (FSDP) is not implemented.
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ from functools import cached_property
 
 import torch
 
-from esr_lab.config import ModelPair
+from esr_lab.config import ENGINES, ModelPair
+from esr_lab.errors import UserError
 from esr_lab.models import LoadedModel, load_model
 from esr_lab.prompts import PromptStyle, no_think_marker, render_style
-from esr_lab.rollout import Rollouts, TransformersEngine
+from esr_lab.rollout import RolloutEngine, Rollouts, TransformersEngine
 
 
 @dataclass
@@ -19,7 +20,7 @@ class Policy:
     """One model with its engine and its own chat-template rendering of every problem."""
 
     loaded: LoadedModel
-    engine: TransformersEngine
+    engine: RolloutEngine
     style: PromptStyle
 
     @property
@@ -62,7 +63,20 @@ def load_policy(
     name: str, pair: ModelPair, batch_size: int = 64, master_weights: bool = False
 ) -> Policy:
     """Load `name` on the pair's device and dtype, rendering prompts as the pair says."""
+    if pair.engine not in ENGINES:
+        raise UserError(f"unknown --engine '{pair.engine}'; use {', '.join(ENGINES)}")
     loaded = load_model(name, pair.device, pair.dtype, master_weights)
     if pair.threads and loaded.device.type == "cpu":
         torch.set_num_threads(pair.threads)  # process-wide: the last model loaded sets it
-    return Policy(loaded, TransformersEngine(loaded, batch_size), pair.style)
+    return Policy(loaded, make_engine(loaded, pair, batch_size), pair.style)
+
+
+def make_engine(loaded: LoadedModel, pair: ModelPair, batch_size: int) -> RolloutEngine:
+    """The pair's sampler for this model: transformers' (any device) or vLLM's (GPU)."""
+    if pair.engine == "transformers":
+        return TransformersEngine(loaded, batch_size)
+    if loaded.device.type != "cuda":
+        raise UserError("--engine vllm needs a CUDA GPU; use --engine transformers on a CPU")
+    from esr_lab.vllm_engine import VLLMEngine
+
+    return VLLMEngine(loaded, pair.vllm_memory, pair.vllm_sleep)

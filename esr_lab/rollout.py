@@ -50,6 +50,9 @@ class RolloutEngine(Protocol):
         self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
     ) -> Rollouts: ...
 
+    def sync(self, model, version: object) -> None:
+        """Sample from `model`'s weights as of `version` from now on."""
+
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, padded on the left so every row ends at the last column."""
@@ -119,6 +122,9 @@ class TransformersEngine:
     def __init__(self, loaded: LoadedModel, batch_size: int = 64) -> None:
         self.loaded = loaded
         self.batch_size = batch_size
+
+    def sync(self, model, version: object) -> None:
+        """Nothing to do: this engine samples from the live model."""
 
     def generate(
         self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling

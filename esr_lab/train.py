@@ -410,11 +410,18 @@ def rollout(trainer: Trainer, step: int) -> tuple[list[Problem], list[list[int]]
     sampling = replace(cfg.sampling, max_new_tokens=cfg.rollout_tokens(step))
     trainer.model.eval()
     with phase(trainer, "generation"):
+        sync_engine(trainer)
         rollouts = trainer.student.engine.generate(prompts, seeds, sampling)
     responses = rollouts.completion_ids
     if not cfg.loss_on_stop_token:
         responses = [trainer.student.strip_special_tail(ids) for ids in responses]
     return [p for p, _ in rows], responses
+
+
+def sync_engine(trainer: Trainer) -> None:
+    """Hand the sampler the student's weights after the optimizer steps taken so far (a
+    vLLM engine copies them; the transformers engine samples the live model)."""
+    trainer.student.engine.sync(trainer.model, trainer.scheduler.last_epoch)
 
 
 def teacher_prompt_ids(trainer: Trainer, problem: Problem) -> list[int]:
@@ -673,6 +680,7 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
     evaluation's own prompt and sampling settings (the recipe's; by default the training ones)."""
     cfg, group = trainer.cfg, trainer.group
     trainer.model.eval()
+    sync_engine(trainer)
     problems = trainer.eval_problems[group.shard(len(trainer.eval_problems))]
     samples = evaluate.sample_answers(
         trainer.student,
