@@ -184,9 +184,20 @@ def _reason(e: Exception) -> str:
 
 
 def load_hub_rows(hub_id: str, config: str | None, split: str | None) -> Any:
-    """A hub dataset through datasets.load_dataset; any failure becomes a UserError."""
+    """A hub dataset through datasets.load_dataset; any failure becomes a UserError.
+
+    An unreachable hub fails at once rather than after the hub client's retries (~30 s).
+    """
     import datasets
 
+    from esr_lab.models import hub_reachable
+
+    if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():
+        raise UserError(
+            f"cannot load dataset {hub_id!r}: the hub cannot be reached; pass a local "
+            ".jsonl/.parquet file or a folder saved with save_to_disk, or set "
+            "HF_DATASETS_OFFLINE=1 to use a copy cached earlier"
+        )
     try:
         loaded = datasets.load_dataset(hub_id, config, split=split)
     except Exception as e:

@@ -186,6 +186,13 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
+def check_models(*names: str) -> None:
+    """Fail on the first model that cannot be loaded, reading tokenizers only: commands check
+    their models before their datasets (the likelier typo, and the hub's slower failure)."""
+    for name in names:
+        load_tokenizer(name)
+
+
 def load_model(
     name: str, device: str = "auto", dtype: str = "auto", master_weights: bool = False
 ) -> LoadedModel:

@@ -300,7 +300,7 @@ def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail on a missing model, a pair without enough shared vocabulary or a missing dataset,
     without loading weights. Models first: they are the cheaper check and the likelier typo."""
-    vocabularies(load_tokenizer(cfg.pair.student), load_tokenizer(cfg.pair.teacher), cfg)
+    vocabularies(load_tokenizer(cfg.pair.student), load_tokenizer(cfg.pair.teacher), cfg)  # models
     load_datasets(cfg)
 
 

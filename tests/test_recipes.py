@@ -297,6 +297,27 @@ def test_an_unreachable_hub_fails_in_seconds_and_models_are_checked_first(monkey
     assert time.perf_counter() - start < 5
 
 
+def test_an_unreachable_hub_fails_a_dataset_in_seconds(monkeypatch):
+    import datasets
+
+    from esr_lab.data import load_problems
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: False)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="cannot load dataset 'some-org/some-set': the hub cannot"):
+        load_problems("some-org/some-set")
+    assert time.perf_counter() - start < 5
+
+
+def test_decay_checks_its_models_before_its_dataset(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(
+        monkeypatch, capsys, tmp_path, "decay", "--student", "./no-model", "--teacher",
+        "micro-teacher", "--dataset", "./no-data.jsonl",
+    )  # fmt: skip
+    assert code == 2 and "no model folder './no-model'" in err
+
+
 # --- stop tokens, teacher prompt, prompt placement (issues 8 and 13) -------------------------
 
 

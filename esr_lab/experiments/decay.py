@@ -30,6 +30,7 @@ from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
 from esr_lab.evaluate import mean_ci
 from esr_lab.figures import plot_decay
+from esr_lab.models import check_models
 from esr_lab.policy import load_policy
 from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
 from esr_lab.rollout import row_seed
@@ -79,6 +80,7 @@ def run(
 ) -> tuple[RunDir, pd.DataFrame]:
     """Sample, continue, grade and summarise; resumable per chunk of problems."""
     cfg = cfg.resolved()
+    check_models(cfg.pair.student, cfg.pair.teacher)
     problems = load_problems(cfg.dataset, limit=cfg.limit)
     student, teacher = (
         load_policy(name, cfg.pair, cfg.batch_size) for name in (cfg.pair.student, cfg.pair.teacher)

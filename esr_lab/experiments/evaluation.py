@@ -22,6 +22,7 @@ from esr_lab.console import print_table
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
 from esr_lab.experiments import grade
+from esr_lab.models import check_models
 from esr_lab.policy import Policy, load_policy
 from esr_lab.prompts import DEFAULT_INSTRUCTION
 from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
@@ -75,6 +76,7 @@ def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None
         )
     if cfg.adapter:
         check_adapter(cfg.adapter)
+    check_models(cfg.model)
     if cfg.task is not None:
         tasks.get_task(cfg.task)
     task = cfg.task or tasks.task_for_dataset(cfg.dataset or default_dataset(cfg.model))
