@@ -26,7 +26,7 @@ from esr_lab.rollout import TransformersEngine
 from esr_lab.scoring import ScoringBatch
 from tests.conftest import byte_level_tokenizer, save_pair
 from tests.test_cli import MICRO, run_cli
-from tests.test_train import BASE, assert_same_gradient, one_step
+from tests.test_train import BASE, assert_same_gradient, one_step, run_killed_and_resumed
 
 PAPER_CODE = {
     "reduction": "sequence_mean",
@@ -152,8 +152,6 @@ def test_sequence_mean_micro_batches_add_up_to_the_whole_batch():
 
 def test_paper_code_run_resumes_identically(tmp_path, monkeypatch):
     """Cosine schedule state and LoRA dropout noise survive a kill."""
-    from esr_lab import loop
-
     cfg = replace(
         BASE,
         lr_schedule="cosine",
@@ -162,19 +160,7 @@ def test_paper_code_run_resumes_identically(tmp_path, monkeypatch):
         reduction="sequence_mean",
         weight_decay=0.01,
     )
-    ref, _ = loop.run(cfg, tmp_path / "a", "ref", show_progress=False)
-    real_step = train.train_step
-
-    def dies_at_step_3(trainer, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_step(trainer, step)
-
-    monkeypatch.setattr(train, "train_step", dies_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
-    monkeypatch.setattr(train, "train_step", real_step)
-    resumed, _ = loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
+    ref, resumed, _ = run_killed_and_resumed(cfg, tmp_path, monkeypatch)
     keep = ["step", "loss", "grad_norm", "lr", "rollout_tokens_mean"]
     a = pd.read_parquet(ref.path / "steps.parquet")[keep]
     b = pd.read_parquet(resumed.path / "steps.parquet")[keep]

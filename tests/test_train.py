@@ -85,8 +85,9 @@ def test_step_loss_is_the_papers_equation():
     assert train.train_step(trainer, 1)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
-    ref, _ = loop.run(BASE, tmp_path / "a", "ref", show_progress=False)
+def run_killed_and_resumed(cfg, tmp_path, monkeypatch):
+    """An uninterrupted run, and the same run killed at step 3 then resumed."""
+    ref, _ = loop.run(cfg, tmp_path / "a", "ref", show_progress=False)
     real_step = train.train_step
 
     def dies_at_step_3(trainer, step):
@@ -96,9 +97,14 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "train_step", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        loop.run(BASE, tmp_path / "b", "killed", show_progress=False)
+        loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
     monkeypatch.setattr(train, "train_step", real_step)
-    resumed, summary = loop.run(BASE, tmp_path / "b", "killed", show_progress=False)
+    resumed, summary = loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
+    return ref, resumed, summary
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    ref, resumed, summary = run_killed_and_resumed(BASE, tmp_path, monkeypatch)
     volatile = [
         "run_id",
         "time_generation_s",
