@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.divergences import LOSSES
+from esr_lab.divergences import LOSSES, per_position_loss
 from esr_lab.errors import UserError
 
 
@@ -123,8 +123,9 @@ def _loss_dtype(hidden: Tensor) -> torch.dtype:
 
 
 def _blocks(spec, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N) -> Iterator[tuple]:
-    """(positions, loss [C], grad of the student logits [C, V]) per block of positions."""
+    """(positions, loss [C], grad of the student logits [C, vocab]) per block of positions."""
     dtype = _loss_dtype(h_s_NH)
+    W_s_VH, W_t_VH = W_s_VH[: spec.vocab], W_t_VH[: spec.vocab]
     for start in range(0, h_s_NH.shape[0], spec.chunk):
         rows = slice(start, min(start + spec.chunk, h_s_NH.shape[0]))
         z_s_CV = (h_s_NH[rows] @ W_s_VH.T).to(dtype)
@@ -151,7 +152,7 @@ class _FusedLoss(torch.autograd.Function):
         for rows, loss_C, grad_CV in _blocks(spec, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N):
             loss_N[rows] = loss_C
             if eager:
-                grad_h_NH[rows] = grad_CV.to(W_s_VH.dtype) @ W_s_VH
+                grad_h_NH[rows] = grad_CV.to(W_s_VH.dtype) @ W_s_VH[: spec.vocab]
         ctx.spec, ctx.eager = spec, eager
         ctx.save_for_backward(h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N, grad_h_NH)
         return loss_N
@@ -161,13 +162,14 @@ class _FusedLoss(torch.autograd.Function):
         h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N, grad_h_NH = ctx.saved_tensors
         if ctx.eager:
             return (grad_h_NH * grad_N[:, None]).to(h_s_NH.dtype), None, None, None, None, None
+        vocab = ctx.spec.vocab
         grad_h_NH = torch.zeros_like(h_s_NH)
-        grad_W_VH = torch.zeros_like(W_s_VH)
+        grad_W_VH = torch.zeros_like(W_s_VH)  # ids past the shared vocabulary get none
         parts = _blocks(ctx.spec, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N)
         for rows, _, grad_CV in parts:
             grad_CV = grad_CV.mul_(grad_N[rows, None]).to(W_s_VH.dtype)
-            grad_h_NH[rows] = grad_CV @ W_s_VH
-            grad_W_VH.addmm_(grad_CV.T, h_s_NH[rows].to(W_s_VH.dtype))
+            grad_h_NH[rows] = grad_CV @ W_s_VH[:vocab]
+            grad_W_VH[:vocab].addmm_(grad_CV.T, h_s_NH[rows].to(W_s_VH.dtype))
         return grad_h_NH, grad_W_VH, None, None, None, None
 
 
@@ -201,13 +203,46 @@ def fused_per_position_loss(
     B, T, _ = student_hidden_BTH.shape
     loss_N = _FusedLoss.apply(
         student_hidden_BTH.reshape(B * T, -1),
-        student_head_VH[:vocab],
+        student_head_VH,
         teacher_hidden_BTH.reshape(B * T, -1).detach(),
-        teacher_head_VH[:vocab].detach(),
+        teacher_head_VH.detach(),
         None if tokens_BT is None else tokens_BT.reshape(B * T).to(student_hidden_BTH.device),
         spec,
     )
     return loss_N.reshape(B, T)
+
+
+def unfused_per_position_loss(
+    name: str,
+    student_hidden_BTH: Tensor,
+    student_head_VH: Tensor,
+    teacher_hidden_BTH: Tensor,
+    teacher_head_VH: Tensor,
+    tokens_BT: Tensor | None = None,
+    *,
+    vocab: int,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    topk: int = 32,
+) -> Tensor:
+    """The same loss through full [B, T, vocab] logits under plain autograd.
+
+    The reference that `fused_per_position_loss` is tested and benchmarked against.
+    """
+    s_BTV = (student_hidden_BTH @ student_head_VH.T)[..., :vocab]
+    with torch.no_grad():
+        t_BTV = (teacher_hidden_BTH @ teacher_head_VH.T)[..., :vocab]
+    logp = {}
+    if name == "sampled_token":  # float64 stays float64 here, unlike scoring.token_logprobs
+        logp = {
+            f"{side}_logp_BT": F.log_softmax(z_BTV / temperature, -1)
+            .gather(-1, tokens_BT[..., None])
+            .squeeze(-1)
+            for side, z_BTV in (("student", s_BTV), ("teacher", t_BTV))
+        }
+    return per_position_loss(
+        name, s_BTV, t_BTV, temperature=temperature, beta=beta, topk=topk, **logp
+    )
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -7,9 +7,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from esr_lab.divergences import per_position_loss
 from esr_lab.errors import UserError
-from esr_lab.lean import enable_gradient_checkpointing, fused_per_position_loss
+from esr_lab.lean import (
+    enable_gradient_checkpointing,
+    fused_per_position_loss,
+    unfused_per_position_loss,
+)
 from esr_lab.scoring import build_batch, response_hidden, response_logits
 from tests.conftest import tiny_model
 
@@ -44,17 +47,10 @@ def problem(dtype, B=2, T=7, H=8, H_t=6, V=50, V_t=45, vocab=40, seed=0):
 
 def plain_loss(name, p, temperature, **knobs):
     """The reference: full logits, then `divergences.per_position_loss` under autograd."""
-    s_BTV = (p["h_s"] @ p["W_s"].T)[..., : p["vocab"]]
-    t_BTV = (p["h_t"] @ p["W_t"].T)[..., : p["vocab"]]
-    logp = {}
-    if name == "sampled_token":
-        logp = {
-            f"{side}_logp_BT": torch.log_softmax(z / temperature, -1)
-            .gather(-1, p["tokens"][..., None])
-            .squeeze(-1)
-            for side, z in (("student", s_BTV), ("teacher", t_BTV))
-        }
-    return per_position_loss(name, s_BTV, t_BTV, temperature=temperature, **knobs, **logp)
+    inputs = (p["h_s"], p["W_s"], p["h_t"], p["W_t"], p["tokens"])
+    return unfused_per_position_loss(
+        name, *inputs, vocab=p["vocab"], temperature=temperature, **knobs
+    )
 
 
 def fused_loss(name, p, temperature, chunk, **knobs):
