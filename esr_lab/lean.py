@@ -15,7 +15,6 @@ logits. Heads with a bias or logit soft-capping (Gemma-2) are not covered.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -97,17 +96,22 @@ def _sampled_and_grad(logp_s_CV: Tensor, logp_t_CV: Tensor, tokens_C: Tensor, te
     return advantage_C * logp_s_C, grad_CV
 
 
+def _log_softmax_(z_CV: Tensor, temperature: float) -> Tensor:
+    """log_softmax(z / T) written over z: one [C, V] buffer fewer than F.log_softmax."""
+    z_CV = z_CV.div_(temperature)
+    return z_CV.sub_(z_CV.logsumexp(-1, keepdim=True))
+
+
 def block_loss_and_grad(spec: LossSpec, z_s_CV: Tensor, z_t_CV: Tensor, tokens_C: Tensor | None):
     """Per-position loss [C] and its gradient w.r.t. the student's logits [C, V], one block.
 
-    Both logits are float32 or wider; beta 0 and 1 are exactly forward and reverse KL, as in
-    `divergences.generalized_jsd`.
+    Both logits are float32 or wider, and are overwritten. Beta 0 and 1 are exactly forward
+    and reverse KL, as in `divergences.generalized_jsd`.
     """
     if spec.name == "topk_support":
         return _topk_and_grad(z_s_CV, z_t_CV, spec)
     T = spec.temperature
-    logp_s_CV = F.log_softmax(z_s_CV / T, dim=-1)
-    logp_t_CV = F.log_softmax(z_t_CV / T, dim=-1)
+    logp_s_CV, logp_t_CV = _log_softmax_(z_s_CV, T), _log_softmax_(z_t_CV, T)
     if spec.name == "sampled_token":
         return _sampled_and_grad(logp_s_CV, logp_t_CV, tokens_C, T)
     if spec.name == "forward_kl" or (spec.name == "jsd" and spec.beta == 0.0):
@@ -122,16 +126,33 @@ def _loss_dtype(hidden: Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, torch.float32)
 
 
-def _blocks(spec, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N) -> Iterator[tuple]:
-    """(positions, loss [C], grad of the student logits [C, vocab]) per block of positions."""
+def _row_blocks(n: int, chunk: int) -> list[slice]:
+    return [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+
+
+def _block(spec, rows, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N) -> tuple[Tensor, Tensor]:
+    """One block's loss [C] and student-logit gradient [C, vocab]; its logits die on return."""
     dtype = _loss_dtype(h_s_NH)
-    W_s_VH, W_t_VH = W_s_VH[: spec.vocab], W_t_VH[: spec.vocab]
-    for start in range(0, h_s_NH.shape[0], spec.chunk):
-        rows = slice(start, min(start + spec.chunk, h_s_NH.shape[0]))
-        z_s_CV = (h_s_NH[rows] @ W_s_VH.T).to(dtype)
-        z_t_CV = (h_t_NH[rows] @ W_t_VH.T).to(device=z_s_CV.device, dtype=dtype)
-        tokens_C = None if tokens_N is None else tokens_N[rows]
-        yield rows, *block_loss_and_grad(spec, z_s_CV, z_t_CV, tokens_C)
+    z_s_CV = (h_s_NH[rows] @ W_s_VH[: spec.vocab].T).to(dtype)
+    z_t_CV = (h_t_NH[rows] @ W_t_VH[: spec.vocab].T).to(device=z_s_CV.device, dtype=dtype)
+    tokens_C = None if tokens_N is None else tokens_N[rows]
+    return block_loss_and_grad(spec, z_s_CV, z_t_CV, tokens_C)
+
+
+def _forward_block(spec, rows, loss_N, grad_h_NH, h_s_NH, W_s_VH, *teacher) -> None:
+    """Write a block's loss and, when given grad_h, its unscaled hidden-state gradient."""
+    loss_C, grad_CV = _block(spec, rows, h_s_NH, W_s_VH, *teacher)
+    loss_N[rows] = loss_C
+    if grad_h_NH is not None:
+        grad_h_NH[rows] = grad_CV.to(W_s_VH.dtype) @ W_s_VH[: spec.vocab]
+
+
+def _backward_block(spec, rows, grad_N, grad_h_NH, grad_W_VH, h_s_NH, W_s_VH, *teacher) -> None:
+    """Add a block's gradients, weighted per position by the incoming gradient."""
+    _, grad_CV = _block(spec, rows, h_s_NH, W_s_VH, *teacher)
+    grad_CV = grad_CV.mul_(grad_N[rows, None]).to(W_s_VH.dtype)
+    grad_h_NH[rows] = grad_CV @ W_s_VH[: spec.vocab]
+    grad_W_VH[: spec.vocab].addmm_(grad_CV.T, h_s_NH[rows].to(W_s_VH.dtype))
 
 
 class _FusedLoss(torch.autograd.Function):
@@ -149,10 +170,8 @@ class _FusedLoss(torch.autograd.Function):
         eager = h_s_NH.requires_grad and not W_s_VH.requires_grad
         loss_N = h_s_NH.new_zeros(h_s_NH.shape[0], dtype=_loss_dtype(h_s_NH))
         grad_h_NH = torch.zeros_like(h_s_NH, dtype=loss_N.dtype) if eager else None
-        for rows, loss_C, grad_CV in _blocks(spec, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N):
-            loss_N[rows] = loss_C
-            if eager:
-                grad_h_NH[rows] = grad_CV.to(W_s_VH.dtype) @ W_s_VH[: spec.vocab]
+        for rows in _row_blocks(h_s_NH.shape[0], spec.chunk):
+            _forward_block(spec, rows, loss_N, grad_h_NH, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N)
         ctx.spec, ctx.eager = spec, eager
         ctx.save_for_backward(h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N, grad_h_NH)
         return loss_N
@@ -162,14 +181,11 @@ class _FusedLoss(torch.autograd.Function):
         h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N, grad_h_NH = ctx.saved_tensors
         if ctx.eager:
             return (grad_h_NH * grad_N[:, None]).to(h_s_NH.dtype), None, None, None, None, None
-        vocab = ctx.spec.vocab
         grad_h_NH = torch.zeros_like(h_s_NH)
         grad_W_VH = torch.zeros_like(W_s_VH)  # ids past the shared vocabulary get none
-        parts = _blocks(ctx.spec, h_s_NH, W_s_VH, h_t_NH, W_t_VH, tokens_N)
-        for rows, _, grad_CV in parts:
-            grad_CV = grad_CV.mul_(grad_N[rows, None]).to(W_s_VH.dtype)
-            grad_h_NH[rows] = grad_CV @ W_s_VH[:vocab]
-            grad_W_VH[:vocab].addmm_(grad_CV.T, h_s_NH[rows].to(W_s_VH.dtype))
+        teacher = (h_t_NH, W_t_VH, tokens_N)
+        for rows in _row_blocks(h_s_NH.shape[0], ctx.spec.chunk):
+            _backward_block(ctx.spec, rows, grad_N, grad_h_NH, grad_W_VH, h_s_NH, W_s_VH, *teacher)
         return grad_h_NH, grad_W_VH, None, None, None, None
 
 
