@@ -7,7 +7,7 @@ where a vLLM engine plugs in. The sampling loop is written out rather than deleg
 resumed runs reproduce exactly.
 
 That stream is counter-based rather than a generator per row: the uniform a row draws at token
-t is a hash of (the row's seed, t), computed for all rows at once in integer tensor ops, and is
+t is a hash of (the row's seed, t), computed for all rows and tokens at once in integer ops, and is
 turned into a token by inverting the row's cumulative distribution. One vectorised draw per
 step replaces a Python loop of per-row `torch.multinomial` calls, and the same seed gives the
 same bits on any device and in any batch.
@@ -98,23 +98,24 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_keys(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
-    """[B, 2] int64: each row's 63-bit seed as two 32-bit words, the key of its random stream."""
-    return torch.tensor([[s & MASK32, (s >> 32) & MASK32] for s in seeds], device=device)
+def row_uniforms(seeds: Sequence[int], steps: int, device: torch.device | str) -> torch.Tensor:
+    """[B, steps] float64 in [0, 1) with 53 random bits each: row i's draw for token t.
 
-
-def uniforms(keys_B2: torch.Tensor, t: int) -> torch.Tensor:
-    """[B] float64 in [0, 1), 53 random bits per row: a pure function of (row key, t)."""
-    counter_B = _hash32(torch.full_like(keys_B2[:, 0], t & MASK32))
-    word_B = _hash32(keys_B2[:, 1] ^ _hash32(keys_B2[:, 0] ^ counter_B))
-    high_B, low_B = _hash32(word_B ^ 0x68E31DA4), _hash32(word_B ^ 0xB5297A4D)
-    return ((high_B >> 6) * 2**27 + (low_B >> 5)).double() / 2**53
+    A pure function of (seeds[i], t): each 63-bit seed is split into two 32-bit key words that
+    are hashed with the token counter. Computed once per batch for every token, so the
+    per-token loop does no random-number work at all.
+    """
+    keys_B2 = torch.tensor([[s & MASK32, (s >> 32) & MASK32] for s in seeds], device=device)
+    counter_1S = _hash32(torch.arange(steps, device=device))[None]
+    word_BS = _hash32(keys_B2[:, 1:] ^ _hash32(keys_B2[:, :1] ^ counter_1S))
+    high_BS, low_BS = _hash32(word_BS ^ 0x68E31DA4), _hash32(word_BS ^ 0xB5297A4D)
+    return ((high_BS >> 6) * 2**27 + (low_BS >> 5)).double() / 2**53
 
 
 def sample_next(
-    logits_BV: torch.Tensor, sampling: Sampling, keys_B2: torch.Tensor, t: int
+    logits_BV: torch.Tensor, sampling: Sampling, uniform_B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token t of each row from that row's own stream, with its sampling log-prob.
+    """One token per row from that row's own uniform draw, with its sampling log-prob.
 
     Inverse-CDF sampling: the row's uniform, scaled to its total mass, picks the first id whose
     cumulative probability exceeds it; ids of zero probability (cut by top-p) are never picked.
@@ -125,7 +126,7 @@ def sample_next(
     else:
         logp_BV = sampling_logprobs(logits_BV, sampling.temperature, sampling.top_p)
         cdf_BV = logp_BV.double().exp().cumsum(dim=-1)
-        target_B1 = (uniforms(keys_B2, t) * cdf_BV[:, -1])[:, None]
+        target_B1 = (uniform_B * cdf_BV[:, -1])[:, None]
         tokens_B = torch.searchsorted(cdf_BV, target_B1, right=True)[:, 0]
         tokens_B = tokens_B.clamp_(max=cdf_BV.shape[-1] - 1)  # u * total rounded up to total
     return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
@@ -163,7 +164,7 @@ class TransformersEngine:
         stop_ids = torch.tensor(self.loaded.stop_ids, device=device)
         ids_BL, mask_BL = (t.to(device) for t in left_pad(prompts, pad_id))
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
-        keys_B2 = row_keys(seeds, device)
+        uniforms_BT = row_uniforms(seeds, sampling.max_new_tokens, device)
         cache = DynamicCache(config=model.config)
         batch = len(prompts)
         tokens_BT = torch.full((batch, sampling.max_new_tokens), pad_id, device=device)
@@ -180,7 +181,7 @@ class TransformersEngine:
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
-            next_B, next_logp_B = sample_next(logits, sampling, keys_B2, t)
+            next_B, next_logp_B = sample_next(logits, sampling, uniforms_BT[:, t])
             tokens_BT[:, t] = torch.where(done_B, pad_id, next_B)
             logp_BT[:, t] = torch.where(done_B, 0.0, next_logp_B)
             lengths_B += (~done_B).long()

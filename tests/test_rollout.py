@@ -15,8 +15,8 @@ from esr_lab.rollout import (
     TransformersEngine,
     _mul32,
     left_pad,
-    row_keys,
     row_seed,
+    row_uniforms,
     sample_next,
     sampling_logprobs,
 )
@@ -118,9 +118,9 @@ def test_sampler_draws_from_the_target_distribution(top_p, kept):
     """
     rows, steps = 1000, 100
     logits_BV = torch.log(torch.tensor(PROBS)).expand(rows, -1)
-    keys_B2 = row_keys([row_seed("chi2", i) for i in range(rows)], torch.device("cpu"))
+    uniforms_BS = row_uniforms([row_seed("chi2", i) for i in range(rows)], steps, "cpu")
     sampling = Sampling(temperature=1.0, top_p=top_p)
-    draws = torch.cat([sample_next(logits_BV, sampling, keys_B2, t)[0] for t in range(steps)])
+    draws = torch.cat([sample_next(logits_BV, sampling, u_B)[0] for u_B in uniforms_BS.T])
     counts = torch.bincount(draws, minlength=len(PROBS)).double()
     assert counts[kept:].sum() == 0  # ids outside the nucleus are never drawn
     target = torch.tensor(PROBS[:kept], dtype=torch.float64)
@@ -129,14 +129,16 @@ def test_sampler_draws_from_the_target_distribution(top_p, kept):
     assert statistic < chi2.isf(1e-6, df=kept - 1)
 
 
-def test_a_rows_draws_ignore_the_other_rows_logits():
+def test_a_rows_draws_ignore_the_other_rows():
+    """Row i's uniforms and tokens are the same alone as among other rows with other logits."""
     sampling = Sampling(temperature=0.7, top_p=0.9)
     seeds = [row_seed(5, i) for i in range(4)]
     logits_BV = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
-    keys_B2 = row_keys(seeds, torch.device("cpu"))
-    together = torch.stack([sample_next(logits_BV, sampling, keys_B2, t)[0] for t in range(20)])
-    for i in range(4):
-        alone = [
-            sample_next(logits_BV[i : i + 1], sampling, keys_B2[i : i + 1], t)[0] for t in range(20)
-        ]
-        assert together[:, i].tolist() == torch.cat(alone).tolist()
+    together_BS = row_uniforms(seeds, 20, "cpu")
+    tokens_SB = torch.stack([sample_next(logits_BV, sampling, u_B)[0] for u_B in together_BS.T])
+    for i, seed in enumerate(seeds):
+        alone_1S = row_uniforms([seed], 20, "cpu")
+        assert torch.equal(alone_1S[0], together_BS[i])
+        alone = [sample_next(logits_BV[i : i + 1], sampling, u_1)[0] for u_1 in alone_1S.T]
+        assert tokens_SB[:, i].tolist() == torch.cat(alone).tolist()
+    assert row_uniforms(seeds, 30, "cpu")[:, :20].equal(together_BS)  # longer budget, same draws
