@@ -121,9 +121,9 @@ def block_loss_and_grad(spec: LossSpec, z_s_CV: Tensor, z_t_CV: Tensor, tokens_C
     return _jsd_and_grad(logp_s_CV, logp_t_CV, T, spec.beta)
 
 
-def _loss_dtype(hidden: Tensor) -> torch.dtype:
+def _loss_dtype(x: Tensor) -> torch.dtype:
     """float32, or float64 for float64 inputs (so that the tests can check to 1e-10)."""
-    return torch.promote_types(hidden.dtype, torch.float32)
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _row_blocks(n: int, chunk: int) -> list[slice]:
@@ -251,7 +251,7 @@ def unfused_per_position_loss(
     logp = {}
     if name == "sampled_token":  # float64 stays float64 here, unlike scoring.token_logprobs
         logp = {
-            f"{side}_logp_BT": F.log_softmax(z_BTV / temperature, -1)
+            f"{side}_logp_BT": F.log_softmax(z_BTV.to(_loss_dtype(z_BTV)) / temperature, -1)
             .gather(-1, tokens_BT[..., None])
             .squeeze(-1)
             for side, z_BTV in (("student", s_BTV), ("teacher", t_BTV))
