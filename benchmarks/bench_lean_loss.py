@@ -3,13 +3,15 @@
 At Qwen's vocabulary (151,936 ids) and 1,024 response tokens one float32 [T, V] logits tensor is
 594 MiB. For each loss (reverse KL, forward KL, JSD(beta), top-K support, sampled-token) two
 implementations start from the same student and teacher final hidden states [1, T, H] and
-output heads [V, H]: "esr-lab" is `lean.fused_per_position_loss` (blocks of positions, one
-[chunk, V] block alive at a time); "autograd" is `lean.unfused_per_position_loss` (full logits of
-both models, then `divergences.per_position_loss` under plain autograd). We measure the memory
-added from just before the loss to the end of its backward (a per-position weighted sum, as the
-trainer's masks give), and express it as a multiple of one fp32 [T, V] tensor. The heads are the
-only big tensors held before; by default the student's head is frozen (LoRA, the paper's
-setting); `--train-head` gives it a gradient too (full fine-tuning, tied embeddings).
+output heads [V, H]: "esr-lab" is `lean.fused_per_position_loss` (one block of positions at a
+time, at its default block size unless --chunk is given); "autograd" is
+`lean.unfused_per_position_loss` (full logits of both models, then
+`divergences.per_position_loss` under plain autograd). We measure the memory added from just
+before the loss to the end of its backward (a per-position weighted sum, as the trainer's masks
+give), and express it as a multiple of one fp32 [T, V] tensor. The heads are the only big
+tensors held before; by default the student's head is frozen (LoRA, the paper's setting);
+`--train-head` gives it a gradient too (full fine-tuning, tied embeddings), whose own [V, H]
+buffer then counts as added memory in both implementations.
 
 Each row runs in a fresh child process: on CPU the meter is the resident set sampled every
 millisecond (esr_lab.memory), whose peak cannot be reset within a process. CUDA: max allocated
@@ -73,7 +75,7 @@ def measure(args: argparse.Namespace) -> dict:
     data = inputs(args, device)
     weights_BT = data.pop("weights_BT")
     knobs = {"vocab": args.vocab, "beta": args.beta, "topk": args.topk}
-    if args.implementation == "esr-lab":
+    if args.implementation == "esr-lab" and args.chunk:
         knobs["chunk"] = args.chunk
     gc.collect()
     before = allocated_mb(device)
@@ -148,7 +150,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of both models")
-    parser.add_argument("--chunk", type=int, default=64, help="positions per fused block")
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="positions per fused block (0: its default)"
+    )
     parser.add_argument("--beta", type=float, default=0.5, help="JSD beta")
     parser.add_argument("--topk", type=int, default=32, help="top-K support size")
     parser.add_argument("--train-head", action="store_true", help="the student head gets a grad")

@@ -34,7 +34,7 @@ class LossSpec:
     temperature: float = 1.0
     beta: float = 0.5
     topk: int = 32
-    chunk: int = 64
+    chunk: int = 32
 
     def check(self) -> None:
         if self.name not in LOSSES:
@@ -70,8 +70,9 @@ def _jsd_and_grad(logp_s_CV: Tensor, logp_t_CV: Tensor, temperature: float, beta
     d JSD / d p_s = (1 - beta) (log p_s - log m); through the softmax that is
     d JSD / d z_s = (1 - beta) p_s (log p_s - log m - KL(p_s || m)) / T.
     """
-    logp_m_CV = torch.logaddexp(logp_s_CV + math.log(1.0 - beta), logp_t_CV + math.log(beta))
-    kl_tm_C = (logp_t_CV.exp() * (logp_t_CV - logp_m_CV)).sum(-1)
+    logp_m_CV = logp_t_CV + math.log(beta)
+    logp_m_CV = torch.logaddexp(logp_m_CV, logp_s_CV + math.log(1.0 - beta), out=logp_m_CV)
+    kl_tm_C = (logp_t_CV.exp() * logp_t_CV.sub_(logp_m_CV)).sum(-1)  # log p_t: not needed again
     # The reverse-KL form against m, with (1 - beta) / T folded into the temperature.
     kl_sm_C, grad_CV = _kl_and_grad(logp_s_CV, logp_m_CV, temperature / (1.0 - beta))
     return beta * kl_tm_C + (1.0 - beta) * kl_sm_C, grad_CV
@@ -201,7 +202,7 @@ def fused_per_position_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     topk: int = 32,
-    chunk: int = 64,
+    chunk: int = 32,
 ) -> Tensor:
     """`divergences.per_position_loss(name, ...)` [B, T] from final hidden states and heads.
 
@@ -209,7 +210,8 @@ def fused_per_position_loss(
     first `vocab` ids are compared, as the trainer slices logits[..., :vocab]. Gradient flows
     to the student's hidden states and, if it requires one, its head; never to the teacher.
     "sampled_token" needs `tokens_BT` (the sampled ids, all < vocab) and uses log-probs at
-    `temperature`. Work and memory scale with `chunk` positions x `vocab` ids per block.
+    `temperature`. Memory scales with `chunk` positions x `vocab` ids per block; 32 keeps a
+    block at 1/32 of a 1,024-position logits tensor (Liger picks blocks of this order too).
     """
     # Fused linear + loss, blockwise: Liger-Kernel's fused linear JSD; cut-cross-entropy.
     spec = LossSpec(name, vocab, temperature, beta, topk, chunk)
