@@ -14,7 +14,11 @@ tensors held before; by default the student's head is frozen (LoRA, the paper's 
 buffer then counts as added memory in both implementations.
 
 Each row runs in a fresh child process: on CPU the meter is the resident set sampled every
-millisecond (esr_lab.memory), whose peak cannot be reset within a process. CUDA: max allocated
+millisecond (esr_lab.memory), whose peak cannot be reset within a process. The children run
+with glibc's mmap threshold pinned at 1 MiB (MALLOC_MMAP_THRESHOLD_): by default glibc raises it
+after the first large free and then keeps later freed blocks in its heap, so the resident set
+would count dead tensors; pinned, every freed tensor leaves it at once, as a freed CUDA block
+leaves the count of live memory. CUDA: max allocated
 minus allocated before the loss. Values of the two implementations are compared per loss.
 
 Run:  .venv/bin/python benchmarks/bench_lean_loss.py        (prints a table, writes parquet)
@@ -101,7 +105,8 @@ def spawn(implementation: str, loss: str, args: argparse.Namespace) -> dict:
     for name in ("vocab", "tokens", "hidden", "chunk", "beta", "topk", "device", "threads"):
         command += [f"--{name}", str(getattr(args, name))]
     command += ["--train-head"] if args.train_head else []
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
     if done.returncode != 0 or not lines:
         sys.exit(f"{implementation} {loss} failed:\n{done.stderr[-3000:]}")
