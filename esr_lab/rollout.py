@@ -6,11 +6,11 @@ where a vLLM engine plugs in. The sampling loop is written out rather than deleg
 (seed, step, prompt, sample) only, not on which other rows share its batch, so that reruns and
 resumed runs reproduce exactly.
 
-That stream is counter-based rather than a generator per row: the uniform a row draws at token
-t is a hash of (the row's seed, t), computed for all rows and tokens at once in integer ops, and is
-turned into a token by inverting the row's cumulative distribution. One vectorised draw per
-step replaces a Python loop of per-row `torch.multinomial` calls, and the same seed gives the
-same bits on any device and in any batch.
+That stream is counter-based rather than a generator per row: the uniform a row uses at token t
+is a hash of (the row's seed, t), drawn for all rows and tokens at once in integer tensor ops,
+and turned into a token by inverting the row's cumulative distribution. This replaces a Python
+loop of per-row `torch.multinomial` calls at every token, and the same seed gives the same bits
+on any device and in any batch.
 """
 
 from __future__ import annotations
