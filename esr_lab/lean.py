@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.divergences import LOSSES, per_position_loss
+from esr_lab.divergences import LOSSES, chunked_position_stats, per_position_loss
 from esr_lab.errors import UserError
 
 
@@ -228,6 +228,31 @@ def fused_per_position_loss(
         spec,
     )
     return loss_N.reshape(B, T)
+
+
+@torch.no_grad()
+def hidden_position_stats(
+    student_hidden_BTH: Tensor,
+    student_head_VH: Tensor,
+    teacher_hidden_BTH: Tensor,
+    teacher_head_VH: Tensor,
+    tokens_BT: Tensor | None = None,
+    *,
+    vocab: int,
+    chunk: int = 32,
+) -> dict[str, Tensor]:
+    """`divergences.chunked_position_stats` [B, T] from hidden states, one block of logits at a
+    time: what score-based selectors read, without the full logits the fused loss avoids."""
+    B, T, _ = student_hidden_BTH.shape
+    h_s_NH, h_t_NH = student_hidden_BTH.reshape(B * T, -1), teacher_hidden_BTH.reshape(B * T, -1)
+    tokens_N = None if tokens_BT is None else tokens_BT.reshape(B * T).to(h_s_NH.device)
+    parts = []
+    for rows in _row_blocks(B * T, chunk):
+        z_s_1CV = (h_s_NH[rows] @ student_head_VH[:vocab].T)[None]
+        z_t_1CV = (h_t_NH[rows] @ teacher_head_VH[:vocab].T)[None].to(z_s_1CV.device)
+        tokens_1C = None if tokens_N is None else tokens_N[None, rows]
+        parts.append(chunked_position_stats(z_s_1CV, z_t_1CV, chunk=chunk, tokens_BT=tokens_1C))
+    return {key: torch.cat([p[key][0] for p in parts]).reshape(B, T) for key in parts[0]}
 
 
 def unfused_per_position_loss(

@@ -7,10 +7,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from esr_lab.divergences import chunked_position_stats
 from esr_lab.errors import UserError
 from esr_lab.lean import (
     enable_gradient_checkpointing,
     fused_per_position_loss,
+    hidden_position_stats,
     unfused_per_position_loss,
 )
 from esr_lab.scoring import build_batch, response_hidden, response_logits
@@ -120,6 +122,20 @@ def test_fused_follows_a_bfloat16_model(name, head_grad):
     assert fused[0].dtype == torch.float32 and fused[1].dtype == torch.bfloat16
     for got, expected in zip(fused, plain, strict=True):  # bf16 rounds each element to ~0.4%
         assert (got.double() - expected.double()).norm() <= 1e-2 * expected.double().norm()
+
+
+def test_position_stats_from_hidden_states_equal_those_from_logits():
+    p = problem(torch.float32, V=500, V_t=520, vocab=480, seed=3)
+    with torch.no_grad():
+        s_BTV = (p["h_s"] @ p["W_s"].T)[..., :480]
+        t_BTV = (p["h_t"] @ p["W_t"].T)[..., :480]
+    expected = chunked_position_stats(s_BTV, t_BTV, tokens_BT=p["tokens"])
+    got = hidden_position_stats(
+        p["h_s"], p["W_s"], p["h_t"], p["W_t"], p["tokens"], vocab=480, chunk=3
+    )
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
 
 
 def saved_bytes(fn) -> int:
