@@ -90,7 +90,7 @@ def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
     """A bijective 32-bit integer mixer on int64 tensors holding values in [0, 2**32)."""
-    # "lowbias32" from Chris Wellons's hash-prospector: the lowest-bias two-multiply 32-bit mixer.
+    # "lowbias32" from Chris Wellons's hash-prospector, a low-bias two-multiply 32-bit mixer.
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
