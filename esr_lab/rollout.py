@@ -5,6 +5,12 @@ where a vLLM engine plugs in. The sampling loop is written out rather than deleg
 `model.generate` because each row needs its own random stream: a row's tokens must depend on
 (seed, step, prompt, sample) only, not on which other rows share its batch, so that reruns and
 resumed runs reproduce exactly.
+
+That stream is counter-based rather than a generator per row: the uniform a row uses at token t
+is a hash of (the row's seed, t), drawn for all rows and tokens at once in integer tensor ops,
+and turned into a token by inverting the row's cumulative distribution. This replaces a Python
+loop of per-row `torch.multinomial` calls at every token, and the same seed gives the same bits
+on any device and in any batch.
 """
 
 from __future__ import annotations
@@ -79,19 +85,56 @@ def sampling_logprobs(logits_BV: torch.Tensor, temperature: float, top_p: float)
     return torch.log_softmax(logp_BV.masked_fill(drop_BV, float("-inf")), dim=-1)
 
 
+MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x * c mod 2**32 for x in [0, 2**32), split so that no int64 product overflows."""
+    low, high = x & 0xFFFF, x >> 16
+    return (low * c + (((high * (c & 0xFFFF)) & 0xFFFF) << 16)) & MASK32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer mixer on int64 tensors holding values in [0, 2**32)."""
+    # "lowbias32" from Chris Wellons's hash-prospector, a low-bias two-multiply 32-bit mixer.
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_uniforms(seeds: Sequence[int], steps: int, device: torch.device | str) -> torch.Tensor:
+    """[B, steps] float64 in [0, 1) with 53 random bits each: row i's draw for token t.
+
+    A pure function of (seeds[i], t): each 63-bit seed is split into two 32-bit key words that
+    are hashed with the token counter. Computed once per batch for every token, so the
+    per-token loop does no random-number work at all.
+    """
+    keys_B2 = torch.tensor([[s & MASK32, (s >> 32) & MASK32] for s in seeds], device=device)
+    counter_1S = _hash32(torch.arange(steps, device=device))[None]
+    word_BS = _hash32(keys_B2[:, 1:] ^ _hash32(keys_B2[:, :1] ^ counter_1S))
+    high_BS, low_BS = _hash32(word_BS ^ 0x68E31DA4), _hash32(word_BS ^ 0xB5297A4D)
+    return ((high_BS >> 6) * 2**27 + (low_BS >> 5)).double() / 2**53
+
+
 def sample_next(
-    logits_BV: torch.Tensor, sampling: Sampling, generators: Sequence[torch.Generator]
+    logits_BV: torch.Tensor, sampling: Sampling, uniform_B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row from that row's own generator, with its sampling log-prob."""
+    """One token per row from that row's own uniform draw, with its sampling log-prob.
+
+    Inverse-CDF sampling: the row's uniform, scaled to its total mass, picks the first id whose
+    cumulative probability exceeds it; ids of zero probability (cut by top-p) are never picked.
+    """
     if sampling.temperature == 0:
         logp_BV = torch.log_softmax(logits_BV.float(), dim=-1)
         tokens_B = logp_BV.argmax(dim=-1)
     else:
         logp_BV = sampling_logprobs(logits_BV, sampling.temperature, sampling.top_p)
-        probs_BV = logp_BV.exp()
-        tokens_B = torch.cat(
-            [torch.multinomial(probs_BV[i], 1, generator=g) for i, g in enumerate(generators)]
-        )
+        cdf_BV = logp_BV.double().exp().cumsum(dim=-1)
+        target_B1 = (uniform_B * cdf_BV[:, -1])[:, None]
+        tokens_B = torch.searchsorted(cdf_BV, target_B1, right=True)[:, 0]
+        tokens_B = tokens_B.clamp_(max=cdf_BV.shape[-1] - 1)  # u * total rounded up to total
     return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
 
 
@@ -154,7 +197,7 @@ class TransformersEngine:
         )
         ids_BL, mask_BL = (t.to(device) for t in left_pad(prompts, pad_id))
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        uniforms_BT = row_uniforms(seeds, sampling.max_new_tokens, device)
         cache = DynamicCache(config=model.config)
         batch = len(prompts)
         tokens_BT = torch.full((batch, sampling.max_new_tokens), pad_id, device=device)
@@ -176,7 +219,7 @@ class TransformersEngine:
                     use_cache=True,
                     logits_to_keep=1,
                 ).logits[:, -1]
-            next_B, next_logp_B = sample_next(logits, sampling, generators)
+            next_B, next_logp_B = sample_next(logits, sampling, uniforms_BT[:, t])
             tokens_BT[:, t] = torch.where(done_B, pad_id, next_B)
             logp_BT[:, t] = torch.where(done_B, 0.0, next_logp_B)
             lengths_B += (~done_B).long()

@@ -58,18 +58,33 @@ def build_batch(
     )
 
 
+def _model_inputs(batch: ScoringBatch) -> dict[str, torch.Tensor | bool]:
+    """Keyword inputs of one scoring forward: positions count only real (unpadded) tokens."""
+    return {
+        "input_ids": batch.input_ids_BL,
+        "attention_mask": batch.attention_mask_BL,
+        "position_ids": (batch.attention_mask_BL.cumsum(-1) - 1).clamp(min=0),
+        "use_cache": False,
+    }
+
+
 def response_logits(model, batch: ScoringBatch) -> torch.Tensor:
     """Logits [B, T, V] predicting each response token (gradient follows the caller's mode)."""
     T = batch.response_ids_BT.shape[1]
-    positions_BL = (batch.attention_mask_BL.cumsum(-1) - 1).clamp(min=0)
-    logits_BLV = model(
-        input_ids=batch.input_ids_BL,
-        attention_mask=batch.attention_mask_BL,
-        position_ids=positions_BL,
-        use_cache=False,
-        logits_to_keep=T + 1,
-    ).logits
+    logits_BLV = model(**_model_inputs(batch), logits_to_keep=T + 1).logits
     return logits_BLV[:, :-1]  # the logit at column c predicts the token at column c + 1
+
+
+def response_hidden(model, batch: ScoringBatch) -> torch.Tensor:
+    """Final hidden states [B, T, H] at the positions of `response_logits`, without the head.
+
+    `response_hidden(m, b) @ m.get_output_embeddings().weight.T` equals `response_logits(m, b)`
+    for heads without bias or soft-capping; `lean.fused_per_position_loss` takes it from
+    there. The decoder is found through `get_decoder()`, which a peft wrapper passes through.
+    """
+    T = batch.response_ids_BT.shape[1]
+    hidden_BLH = model.get_decoder()(**_model_inputs(batch)).last_hidden_state
+    return hidden_BLH[:, -(T + 1) : -1]
 
 
 def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Tensor:
