@@ -143,6 +143,17 @@ class TrainOptions:
         str | None, _opt("sequence_sum [esr-lab], sequence_mean [paper-code] or token_mean.")
     ] = None
     mask_special_tokens: Annotated[bool, _opt("Exclude special tokens from the loss.")] = False
+    fused_loss: Annotated[
+        bool | None,
+        _opt(
+            "Losses from hidden states block by block, never holding [T, V] logits [on].",
+            show_default=False,
+        ),
+    ] = None
+    gradient_checkpointing: Annotated[
+        bool | None,
+        _opt("Recompute the student's activations in the backward [off].", show_default=False),
+    ] = None
     loss_on_stop_token: Annotated[
         bool | None,
         _opt(

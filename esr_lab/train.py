@@ -34,7 +34,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import crosstok, distributed, divergences, evaluate, selection, tasks
+from esr_lab import crosstok, distributed, divergences, evaluate, lean, selection, tasks
 from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -46,6 +46,7 @@ from esr_lab.rollout import row_seed, sampling_logprobs
 from esr_lab.scoring import (
     ScoringBatch,
     build_batch,
+    response_hidden,
     response_logits,
     shared_vocab_size,
     vocabularies_agree,
@@ -76,6 +77,8 @@ class TrainConfig:
     topk: int = 32
     reduction: str = "sequence_sum"  # divergences.REDUCTIONS
     mask_special_tokens: bool = False
+    fused_loss: bool = True  # losses from hidden states block by block (lean.py), where possible
+    gradient_checkpointing: bool = False  # recompute the student's activations in the backward
     loss_on_stop_token: bool = True  # False: trailing stop/special tokens stripped before scoring
     teacher_prompt: str = "own"  # "student": the student's prompt ids + the teacher's no-think
     steps: int = 200
@@ -276,6 +279,7 @@ class Trainer:
     eval_problems: list[Problem]
     shared_vocab: int  # leading ids both models read alike (all student ids for a cross pair)
     cross_vocab: crosstok.SharedVocab | None  # set when the tokenizers differ: score via text
+    fused: bool  # losses from hidden states (lean.py) rather than from full logits
     group: distributed.Group = field(default_factory=distributed.Group)
     timings: dict[str, float] = field(default_factory=dict)
     peaks_mb: dict[str, float] = field(default_factory=dict)
@@ -283,6 +287,10 @@ class Trainer:
     @property
     def model(self):
         return self.student.loaded.model
+
+    @property
+    def teacher_model(self):
+        return self.teacher.loaded.model
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
@@ -345,6 +353,8 @@ def setup(cfg: TrainConfig) -> Trainer:
             task_type="CAUSAL_LM",
         )
         student.loaded.model = get_peft_model(student.loaded.model, lora)
+    if cfg.gradient_checkpointing:
+        lean.enable_gradient_checkpointing(student.loaded.model)
     params = [p for p in student.loaded.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = list(range(len(train_problems)))
@@ -360,7 +370,25 @@ def setup(cfg: TrainConfig) -> Trainer:
         eval_problems,
         shared,
         cross_vocab,
+        cfg.fused_loss and fusable(cfg, student, teacher, cross_vocab),
         distributed.group(),
+    )
+
+
+def fusable(cfg: TrainConfig, student: Policy, teacher: Policy, cross_vocab) -> bool:
+    """Whether the fused losses compute exactly this run's loss: one vocabulary, plain
+    linear heads, and no nucleus truncation to put into the sampled-token log-probs."""
+    if cross_vocab is not None or (cfg.loss == "sampled_token" and cfg.sampling.top_p < 1):
+        return False
+    return all(_plain_head(side.loaded.model) for side in (student, teacher))
+
+
+def _plain_head(model) -> bool:
+    """An output head without bias or logit soft-capping (Gemma-2 caps its logits)."""
+    config = model.config.get_text_config()
+    head = model.get_output_embeddings()
+    return getattr(head, "bias", None) is None and not getattr(
+        config, "final_logit_softcapping", None
     )
 
 
@@ -605,19 +633,18 @@ def micro_batch_weight(reduction: str, selected_BT: torch.Tensor, batch_norm: in
 def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) -> None:
     """Forward and backward over a few rows, weighted so gradients add up to the batch's."""
     cfg = trainer.cfg
+    tokens_BT = s_batch.response_ids_BT.clamp(max=trainer.shared_vocab - 1)  # masked if beyond
     with phase(trainer, "teacher"), torch.no_grad(), trainer.teacher.loaded.autocast():
-        t_logits = teacher_logits(trainer, t_batch)
+        t_out = teacher_outputs(trainer, t_batch)
     with phase(trainer, "training"):
         with trainer.student.loaded.autocast():
-            s_logits = response_logits(trainer.model, s_batch)[..., : trainer.shared_vocab]
+            s_out = student_outputs(trainer, s_batch)
         mask_BT = loss_mask(trainer, s_batch, t_batch)
         stats = None
         if cfg.selector in STAT_SELECTORS or cfg.loss != "reverse_kl":
-            stats = divergences.chunked_position_stats(
-                *compared_logits(trainer, s_logits.detach(), t_logits, t_batch)
-            )
+            stats = pair_stats(trainer, s_out.detach(), t_out, t_batch)
         selected_BT = select(trainer, step, mask_BT, stats, first_row)
-        per_pos_BT = pair_loss(trainer, s_logits, t_logits, t_batch, s_batch.response_ids_BT)
+        per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
         weight = micro_batch_weight(cfg.reduction, selected_BT, batch_norm)
         loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction) * weight
         loss.backward()
@@ -629,29 +656,55 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
     totals["tokens"] += int(mask_BT.sum())
 
 
-def teacher_logits(trainer: Trainer, t_batch) -> torch.Tensor:
-    """The teacher's logits over its response positions: the shared ids of the same tokens, or
-    (different tokenizers) its whole vocabulary over its own tokens of the text."""
+def teacher_outputs(trainer: Trainer, t_batch) -> torch.Tensor:
+    """What the loss reads of the teacher: its final hidden states (fused losses), its logits
+    over the shared ids of the same tokens, or (different tokenizers) its whole vocabulary's
+    logits over its own tokens of the text."""
     model = trainer.teacher.loaded.model
+    if trainer.fused:
+        return response_hidden(model, t_batch)
     if isinstance(t_batch, crosstok.CrossBatch):
         return response_logits(model, t_batch.teacher)
     return response_logits(model, t_batch)[..., : trainer.shared_vocab]
 
 
-def compared_logits(trainer: Trainer, s_logits, t_logits, t_batch) -> tuple:
-    """Student and teacher logits position by position over the vocabulary they share."""
+def student_outputs(trainer: Trainer, s_batch: ScoringBatch) -> torch.Tensor:
+    """The student's final hidden states (fused losses) or its logits over the shared ids."""
+    if trainer.fused:
+        return response_hidden(trainer.model, s_batch)
+    return response_logits(trainer.model, s_batch)[..., : trainer.shared_vocab]
+
+
+def _heads(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(m.get_output_embeddings().weight for m in (trainer.model, trainer.teacher_model))
+
+
+def pair_stats(trainer: Trainer, s_out, t_out, t_batch) -> dict[str, torch.Tensor]:
+    """Per-position statistics (reverse KL, entropies, ...) over the vocabulary both share."""
+    if trainer.fused:
+        s_head, t_head = _heads(trainer)
+        return lean.hidden_position_stats(s_out, s_head, t_out, t_head, vocab=trainer.shared_vocab)
     if isinstance(t_batch, crosstok.CrossBatch):
-        return crosstok.shared_logits(s_logits, t_logits, t_batch, trainer.cross_vocab)
-    return s_logits, t_logits
+        s_out, t_out = crosstok.shared_logits(s_out, t_out, t_batch, trainer.cross_vocab)
+    return divergences.chunked_position_stats(s_out, t_out)
 
 
-def pair_loss(trainer: Trainer, s_logits, t_logits, t_batch, tokens_BT) -> torch.Tensor:
-    """The configured loss per position, for a pair with one vocabulary or through text."""
+def pair_loss(trainer: Trainer, s_out, t_out, t_batch, tokens_BT) -> torch.Tensor:
+    """The configured loss per position: fused from hidden states, from logits of one
+    vocabulary, or through text for a pair with different tokenizers."""
     cfg = trainer.cfg
+    if trainer.fused:
+        s_head, t_head = _heads(trainer)
+        sampled = cfg.loss == "sampled_token"  # on-policy: at the sampling temperature
+        return lean.fused_per_position_loss(
+            cfg.loss, s_out, s_head, t_out, t_head, tokens_BT, vocab=trainer.shared_vocab,
+            temperature=cfg.sampling.temperature if sampled else cfg.loss_temperature,
+            beta=cfg.jsd_beta, topk=cfg.topk,
+        )  # fmt: skip
     if not isinstance(t_batch, crosstok.CrossBatch):
-        return per_position_loss(trainer, s_logits, t_logits, tokens_BT)
+        return per_position_loss(trainer, s_out, t_out, tokens_BT)
     return crosstok.cross_position_loss(
-        cfg.loss, s_logits, t_logits, t_batch, trainer.cross_vocab, tokens_BT,
+        cfg.loss, s_out, t_out, t_batch, trainer.cross_vocab, tokens_BT,
         temperature=cfg.loss_temperature, beta=cfg.jsd_beta, topk=cfg.topk,
     )  # fmt: skip
 

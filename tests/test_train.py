@@ -59,6 +59,23 @@ def test_esr_with_n_beyond_the_rollout_is_full_opd():
         assert torch.equal(pa, pb)
 
 
+@pytest.mark.parametrize(
+    ("loss", "selector"),
+    [("reverse_kl", "first_n"), ("jsd", "first_n"), ("reverse_kl", "top_rkl"),
+     ("sampled_token", "first_n")],
+)  # fmt: skip
+def test_fused_losses_take_the_step_of_full_logits(loss, selector):
+    """Hidden states through the head block by block give the step that logits give."""
+    cfg = replace(BASE, loss=loss, selector=selector, budget=4 if selector == "top_rkl" else None)
+    assert_same_gradient(
+        one_step(replace(cfg, fused_loss=True)), one_step(replace(cfg, fused_loss=False)), 1e-4
+    )
+
+
+def test_gradient_checkpointing_takes_the_same_step():
+    assert_same_gradient(one_step(replace(BASE, gradient_checkpointing=True)), one_step(BASE), 1e-5)
+
+
 @pytest.mark.parametrize("reduction", ["sequence_sum", "token_mean"])
 def test_micro_batches_add_up_to_the_whole_batch(reduction):
     whole = one_step(replace(BASE, micro_batch=4, reduction=reduction))
@@ -126,7 +143,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(
         train,
-        "per_position_loss",
+        "pair_loss",
         lambda *a, **k: torch.full((4, 6), float("nan"), requires_grad=True),
     )
     with pytest.raises(train.TrainingDiverged, match="not finite"):
