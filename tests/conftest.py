@@ -73,41 +73,37 @@ def llama_tokenizer():
     )
 
 
-def tiny_model(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id: int = 0):
-    """A randomly initialised 2-layer Qwen3: a real architecture at test size."""
+# Per architecture: config class, model class, and what differs from the shared test size.
+ARCHITECTURES = {
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16, "tie_word_embeddings": True}),
+    "llama": (LlamaConfig, LlamaForCausalLM, {"bos_token_id": None}),
+}
+
+
+def tiny_model(
+    vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id: int = 0, arch="qwen3"
+):
+    """A randomly initialised 2-layer model of a real architecture (Qwen3 by default; Llama is
+    the other side of cross-tokenizer tests) at test size."""
+    config_cls, model_cls, own = ARCHITECTURES[arch]
     torch.manual_seed(seed)
-    config = Qwen3Config(
+    config = config_cls(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
         max_position_embeddings=512,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        tie_word_embeddings=True,
+        **own,
     )
-    return Qwen3ForCausalLM(config).eval()
+    return model_cls(config).eval()
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, eos_id: int | None = None, pad_id: int = 0):
-    """A randomly initialised 2-layer Llama, the other architecture of cross-tokenizer tests."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model(vocab_size, seed, eos_id, pad_id, arch="llama")
 
 
 def save_pair(folder: Path, tokenizer, seed: int = 0, build=tiny_model) -> Path:
