@@ -185,7 +185,7 @@ class TransformersEngine:
             out.finished += part.finished
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _generate_batch(
         self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
     ) -> Rollouts:
@@ -195,8 +195,13 @@ class TransformersEngine:
         budget_B = torch.tensor(
             response_budgets(self.loaded, prompts, sampling.max_new_tokens), device=device
         )
-        ids_BL, mask_BL = (t.to(device) for t in left_pad(prompts, pad_id))
-        positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
+        ids_BL, prompt_mask_BL = (t.to(device) for t in left_pad(prompts, pad_id))
+        positions_BL = (prompt_mask_BL.cumsum(-1) - 1).clamp(min=0)
+        # The mask of every step is a prefix of one tensor: no re-allocation per token.
+        width = prompt_mask_BL.shape[1]
+        grown_mask_BL = torch.cat(
+            [prompt_mask_BL, prompt_mask_BL.new_ones((len(prompts), int(budget_B.max())))], -1
+        )
         uniforms_BT = row_uniforms(seeds, sampling.max_new_tokens, device)
         cache = DynamicCache(config=model.config)
         batch = len(prompts)
@@ -213,7 +218,7 @@ class TransformersEngine:
             with self.loaded.autocast():
                 logits = model(
                     input_ids=step_ids_BL,
-                    attention_mask=mask_BL,
+                    attention_mask=grown_mask_BL[:, : width + t],
                     position_ids=positions_BL,
                     past_key_values=cache,
                     use_cache=True,
@@ -226,7 +231,6 @@ class TransformersEngine:
             stopped_B |= ~done_B & torch.isin(next_B, stop_ids)
             done_B |= stopped_B
             step_ids_BL = next_B[:, None]
-            mask_BL = torch.cat([mask_BL, mask_BL.new_ones((batch, 1))], dim=-1)
             positions_BL = positions_BL[:, -1:] + 1
         lengths = lengths_B.tolist()
         return Rollouts(
