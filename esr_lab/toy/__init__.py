@@ -2,8 +2,10 @@
 
 It lets every esr-lab command run on a laptop CPU with no network through the same code path as
 hub models: the models are real `Qwen3ForCausalLM`s with their own tokenizer and chat template.
-World "toy" is the default and ships its weights in the package; world "micro" is a seconds-fast
-build for tests, made on demand in the cache (`$ESR_LAB_CACHE`, else `~/.cache/esr-lab`).
+World "toy" is the default and ships its weights in the package; world "capable" (capable.py)
+ships its weights too: a student that executes the teacher's plan but opens with a worse one.
+World "micro" is a seconds-fast build for tests, made on demand in the cache (`$ESR_LAB_CACHE`,
+else `~/.cache/esr-lab`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from filelock import FileLock
 
 from esr_lab.errors import UserError
 
-TOY_WORLDS = ("toy", "micro")
-TOY_MODEL_NAMES = ("toy-teacher", "toy-student", "micro-teacher", "micro-student")
+TOY_WORLDS = ("toy", "micro", "capable")
+TOY_MODEL_NAMES = tuple(f"{w}-{role}" for w in TOY_WORLDS for role in ("teacher", "student"))
+SHIPPED_WORLDS = ("toy", "capable")
 SHIPPED_DIR = pathlib.Path(__file__).parent / "weights"
 _SPLITS = ("test", "train")
 _N_TRAIN_DEFAULT = 3200
@@ -89,16 +92,16 @@ def _cached_world(world: str) -> pathlib.Path:
 
 
 def toy_model_path(name: str) -> pathlib.Path:
-    """Folder for a toy model name, loadable with from_pretrained; shipped weights for 'toy',
-    built on first use (with a progress bar) and cached for 'micro' (and for 'toy' if the shipped
-    weights are missing)."""
+    """Folder for a toy model name, loadable with from_pretrained; shipped weights for 'toy' and
+    'capable', built on first use (with a progress bar) and cached for 'micro' (and for a
+    shipped world whose weights are missing)."""
     if not is_toy_model(name):
         raise UserError(
             f"unknown toy model {name!r}; expected one of: {', '.join(TOY_MODEL_NAMES)}"
         )
     world, role = name.split("-")
     shipped = SHIPPED_DIR / world
-    if world == "toy" and _complete(shipped):
+    if world in SHIPPED_WORLDS and _complete(shipped):
         return shipped / role
     return _cached_world(world) / role
 

@@ -1,0 +1,3 @@
+from esr_lab.cli import main
+
+main()
