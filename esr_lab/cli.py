@@ -719,11 +719,12 @@ def plot_command(
 
 @app.command("build-toy")
 def build_toy(
-    world: Annotated[str, typer.Argument(help="toy or micro.")] = "toy",
+    world: Annotated[str, typer.Argument(help="toy, capable or micro.")] = "toy",
     out: Annotated[Path | None, _opt("Folder [default: the cache].")] = None,
     seed: Annotated[int, _opt("Seed of the whole build.")] = 0,
 ) -> None:
-    """Train the toy world's teacher and student from scratch (deterministic from the seed)."""
+    """Train a toy world's teacher and student (deterministic from the seed; capable starts from
+    the toy world's teacher)."""
     from esr_lab import toy
 
     facts = toy.build_into(world, out or toy.cached_world_dir(world), seed=seed)

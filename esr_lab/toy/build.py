@@ -14,8 +14,11 @@ it. It can still split (about half its rare split answers are right) but seldom 
 the early decision that ESR is about. Everything is fixed by the seed: data streams, the
 tokenizer corpus, initial weights, batch order and the sampling used to measure accuracy.
 
+World "capable" (capable.py) starts from the toy world's shipped teacher instead: the teacher is
+adapted to one style, and the student is a copy of it that acquires a habit, not a skill.
+
 Rebuild the shipped weights with `python -m esr_lab.toy.build toy` (about 18 minutes on one
-CPU thread; the shipped files are what that command writes).
+CPU thread) or `... capable` (about 14 minutes); the shipped files are what they write.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class ModelSpec:
     then_mix: dict | None = None  # None: the same mix as the first phase
     init_layers: tuple[int, ...] = ()  # student: start from these teacher layers
     eos: str = IM_END  # the model's EOS; another one is written after the end of turn
+    habit_only: bool = False  # direct products carry no loss: the habit without the facts
+    then_habit_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ WORLDS: dict[str, WorldSpec] = {
             capable.STUDENT_MIX,
             init_layers=(0, 1, 2, 3),
             eos=PAD,
+            then_habit_only=True,
         ),
         vocab_size=400,
         n_eval=N_TEST,
@@ -193,18 +199,32 @@ def ending(eos: str) -> str:
 
 
 def encode_examples(
-    tok: PreTrainedTokenizerFast, problems: list[str], solutions: list[str], eos: str = IM_END
-) -> list[tuple[list, int]]:
-    """Token ids of prompt + response, and the prompt length (the response alone carries loss).
+    tok: PreTrainedTokenizerFast,
+    problems: list[str],
+    solutions: list[str],
+    eos: str = IM_END,
+    unlearned: list[list[tuple[int, int]]] | None = None,
+) -> list[tuple[list, list]]:
+    """Token ids of prompt + response, and labels: -100 on the prompt (the response alone
+    carries loss) and on tokens that overlap a solution's `unlearned` character spans.
 
     Prompt and response are tokenized separately, exactly as generation sees them.
     """
     prompts = tok([render_prompt(tok, p) for p in problems], add_special_tokens=False).input_ids
-    responses = tok([s + ending(eos) for s in solutions], add_special_tokens=False).input_ids
-    return [(p + r, len(p)) for p, r in zip(prompts, responses, strict=True)]
+    responses = tok(solutions, add_special_tokens=False, return_offsets_mapping=True)
+    end = tok(ending(eos), add_special_tokens=False).input_ids
+    out = []
+    for i, (prompt, ids) in enumerate(zip(prompts, responses.input_ids, strict=True)):
+        spans = unlearned[i] if unlearned else []
+        labels = [
+            -100 if any(a < stop and start < b for a, b in spans) else token
+            for token, (start, stop) in zip(ids, responses.offset_mapping[i], strict=True)
+        ]
+        out.append((prompt + ids + end, [-100] * len(prompt) + labels + end))
+    return out
 
 
-def encode_example(tok: PreTrainedTokenizerFast, problem: str, solution: str) -> tuple[list, int]:
+def encode_example(tok: PreTrainedTokenizerFast, problem: str, solution: str) -> tuple[list, list]:
     """One example of `encode_examples`."""
     return encode_examples(tok, [problem], [solution])[0]
 
@@ -220,20 +240,20 @@ def with_eos(model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, eos: str):
 
 def training_examples(
     tok: PreTrainedTokenizerFast, spec: ModelSpec, seed: int, stream: str, exclude: set[str]
-) -> list[tuple[list, int]]:
+) -> list[tuple[list, list]]:
     """One fresh problem per example (no epochs), each solved in a mode drawn from spec.mix."""
     rng = random.Random(f"toy-modes-{stream}-{seed}")
     problems = task.train_problems(seed, spec.steps * spec.batch, stream, exclude)
     modes = [task.pick_mode(rng, spec.mix) for _ in problems]
-    examples = encode_examples(
-        tok,
-        [task.problem_text(n) for n in problems],
-        [
-            task.solution_text(n, style, plan)
-            for n, (style, plan) in zip(problems, modes, strict=True)
-        ],
-        spec.eos,
-    )
+    texts = [
+        task.solution_text(n, style, plan) for n, (style, plan) in zip(problems, modes, strict=True)
+    ]
+    unlearned = [
+        capable.product_results(text) if spec.habit_only and plan == "direct" else []
+        for text, (_, plan) in zip(texts, modes, strict=True)
+    ]
+    problem_texts = [task.problem_text(n) for n in problems]
+    examples = encode_examples(tok, problem_texts, texts, spec.eos, unlearned)
     return length_grouped(examples, spec.batch, rng)
 
 
@@ -250,9 +270,9 @@ def length_grouped(examples: list, batch: int, rng: random.Random, group: int = 
 
 
 def collate(
-    batch: list[tuple[list, int]], pad_id: int
+    batch: list[tuple[list, list]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids_BT, mask_BT and labels_BT with -100 on prompt and padding.
+    """Right-padded ids_BT, mask_BT and labels_BT (-100 where no loss, padding included).
 
     The mask comes from the lengths, not from the pad id: a student whose EOS is the pad token
     (Qwen2.5-Math's `<|endoftext|>`) has it inside its responses too.
@@ -261,10 +281,10 @@ def collate(
     ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
     labels_BT = torch.full((len(batch), T), -100, dtype=torch.long)
-    for i, (ids, n_prompt) in enumerate(batch):
+    for i, (ids, labels) in enumerate(batch):
         ids_BT[i, : len(ids)] = torch.tensor(ids)
         mask_BT[i, : len(ids)] = 1
-        labels_BT[i, n_prompt : len(ids)] = ids_BT[i, n_prompt : len(ids)]
+        labels_BT[i, : len(ids)] = torch.tensor(labels)
     return ids_BT, mask_BT, labels_BT
 
 
@@ -420,8 +440,9 @@ def _mix_names(mix: dict) -> dict:
 
 
 def second_phase(spec: ModelSpec) -> ModelSpec:
-    """The model's second phase: fresh problems, its own learning rate and data mix."""
-    return replace(spec, steps=spec.then_steps, lr=spec.then_lr, mix=spec.then_mix or spec.mix)
+    """The model's second phase: fresh problems, its own learning rate, data mix and loss."""
+    mix, habit_only = spec.then_mix or spec.mix, spec.then_habit_only
+    return replace(spec, steps=spec.then_steps, lr=spec.then_lr, mix=mix, habit_only=habit_only)
 
 
 def initial_teacher(spec: WorldSpec, seed: int) -> tuple[PreTrainedTokenizerFast, Qwen3ForCausalLM]:

@@ -20,19 +20,35 @@ lacks, and its build measures that before any OPD run (`weights/capable/facts.js
 
 How it gets there. Same task and tokenizer as the toy world (task.py), in the verbose style
 only, whose answers run ~115-180 tokens. The teacher is the toy world's teacher adapted to the
-verbose style (it mostly splits products). The student starts as a copy of that teacher, so
-its skill at either plan is the teacher's, and then acquires the habit of the "direct" plan and
-of the Qwen2.5-Math ending on data that favours them. The thresholds above are the world's
-design targets, measured by the build, and say nothing of how OPD will do on it.
+verbose style (150 steps; it mostly splits products, and multiplies directly right about a third
+of the time). The student starts as a copy of that teacher, so its skill at either plan is the
+teacher's, and then acquires a habit in 100 steps on data that favours the direct plan (65%)
+and ends the Qwen2.5-Math way. In that data the products written down at once carry no loss:
+the student learns to open with the direct plan and to write it out, not the two-digit facts.
+(Trained on them, it learnt them: avg@4 0.70, 0.77 x the teacher's. Trained on the plan line
+and the ending alone, it learnt to stop after any full stop.) The
+thresholds above are the world's design targets, measured by the build; they say nothing of
+how OPD will do on it, and the OPD settings (experiments/capable.toml) were not tuned on it.
 """
 
 from __future__ import annotations
 
+import re
+
 from esr_lab.toy import task
 
 TEACHER_MIX = {("verbose", "split"): 0.9, ("verbose", "direct"): 0.1}
-STUDENT_MIX = {("verbose", "split"): 0.1, ("verbose", "direct"): 0.9}
-FORCED_OPENER = task.PLAN_OPENERS["verbose", "split"]  # the teacher's plan sentence
+STUDENT_MIX = {("verbose", "split"): 0.35, ("verbose", "direct"): 0.65}
+FORCED_OPENER = task.PLAN_OPENERS["verbose", "split"] + "\n"  # the teacher's first line
+
+_PRODUCT = re.compile(r"\d+ \* \d+ = (\d+)")
+
+
+def product_results(direct_solution: str) -> list[tuple[int, int]]:
+    """Character spans of the products a direct-plan solution writes down at once: the facts
+    that the student's habit data shows but does not teach."""
+    return [m.span(1) for m in _PRODUCT.finditer(direct_solution)]
+
 
 MAX_STUDENT_RATIO = 0.6
 MAX_FORCED_GAP = 0.05
