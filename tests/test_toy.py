@@ -201,3 +201,4 @@ def test_capable_world_is_shipped_with_the_paper_pair_endings() -> None:
     for key in ("teacher_avg", "student_avg", "student_forced_avg", "window_share"):
         assert 0.0 <= pre[key] <= 1.0
     assert pre == capable.preconditions(facts, pre["window"])
+    assert all(pre["holds"].values()), pre  # the world is what its docstring says it is
