@@ -26,7 +26,7 @@ def test_each_single_difference_changes_only_its_fields() -> None:
         "stop token": {"loss_on_stop_token": False},
         "reduction": {"reduction": "sequence_mean"},
         "schedule": {"lr_schedule": "cosine", "warmup_ratio": 0.1},
-        "top-p": {"top_p": 0.95},
+        "top-p": {"top_p": 0.95, "eval_top_p": 1.0},
         "teacher prompt": {"teacher_prompt": "student"},
         "end of turn": {"stop_at_end_of_turn": False},
     }

@@ -35,7 +35,7 @@ DIFFERENCES: dict[str, tuple[str, ...]] = {
     "stop token": ("loss_on_stop_token",),
     "reduction": ("reduction",),
     "schedule": ("lr_schedule", "warmup_ratio"),
-    "top-p": ("top_p",),
+    "top-p": ("top_p", "eval_top_p"),  # the code samples rollouts at 0.95, evaluates at 1.0
     "teacher prompt": ("teacher_prompt",),
     "end of turn": ("stop_at_end_of_turn",),
 }
@@ -141,17 +141,16 @@ def terminal_table(summary: pd.DataFrame) -> pd.DataFrame:
     def pct(column: str) -> pd.Series:
         return (summary[column] * 100).round(2)
 
-    def ci(name: str) -> pd.Series:
-        return pct(f"{name}_ci_low").astype(str) + "-" + pct(f"{name}_ci_high").astype(str)
+    def with_ci(name: str) -> pd.Series:
+        low, high = pct(f"{name}_ci_low").astype(str), pct(f"{name}_ci_high").astype(str)
+        return pct(f"{name}_avg_at_k").astype(str) + " (" + low + "-" + high + ")"
 
     return pd.DataFrame(
         {
             "variant": summary.variant,
-            "best %": pct("best_avg_at_k"),
-            "best CI": ci("best"),
+            "best % (CI)": with_ci("best"),
             "step": summary.best_step,
-            "final %": pct("final_avg_at_k"),
-            "final CI": ci("final"),
+            "final % (CI)": with_ci("final"),
             "relaxed %": pct("final_relaxed_avg_at_k"),
             "first-boxed %": pct("final_first_boxed_avg_at_k"),
             "multi-boxed %": summary.final_multi_boxed_pct.round(1),
