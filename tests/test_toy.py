@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from esr_lab.data import load_problems
 from esr_lab.errors import UserError
 from esr_lab.presets import load_preset
 from esr_lab.prompts import DEFAULT_INSTRUCTION, end_of_turn_id, render_prompt
@@ -33,6 +34,15 @@ def test_problems_are_deterministic_and_correct() -> None:
     train = toy_problems("toy", "train", n=500)
     assert train == toy_problems("toy", "train", n=500)
     assert not {p["problem"] for p in train} & {p["problem"] for p in first}
+
+
+def test_validation_split_is_held_out_from_test_and_loads_by_name() -> None:
+    test, val = toy_problems("capable", "test"), toy_problems("capable", "val")
+    assert len(val) == 100 and not {p["problem"] for p in val} & {p["problem"] for p in test}
+    assert [p.problem for p in load_problems("capable:val", limit=5)] == [
+        p["problem"] for p in val[:5]
+    ]
+    assert load_problems("capable", limit=3)[0].id == "capable-test-00000"
 
 
 @pytest.mark.parametrize("style", task.STYLES)
@@ -136,6 +146,7 @@ def test_toy_teacher_is_the_shipped_folder() -> None:
         lambda: toy_problems("nano"),
         lambda: toy_problems("toy", "dev"),
         lambda: toy_problems("toy", "test", n=10_000),
+        lambda: toy_problems("toy", "val", n=101),
     ],
 )
 def test_bad_names_raise_user_error(call) -> None:

@@ -23,7 +23,8 @@ TOY_WORLDS = ("toy", "micro", "capable")
 TOY_MODEL_NAMES = tuple(f"{w}-{role}" for w in TOY_WORLDS for role in ("teacher", "student"))
 SHIPPED_WORLDS = ("toy", "capable")
 SHIPPED_DIR = pathlib.Path(__file__).parent / "weights"
-_SPLITS = ("test", "train")
+_SPLITS = ("test", "val", "train")
+_N_VAL = 100
 _N_TRAIN_DEFAULT = 3200
 
 
@@ -110,18 +111,22 @@ def toy_problems(world: str, split: str = "test", n: int | None = None) -> list[
     """Problems as dicts with keys 'id' (str), 'problem' (str, the text without instruction),
     'answer' (str, the integer). split 'test' = fixed held-out set (e.g. 200 problems, disjoint
     from training problems); split 'train' = prompts for distillation training (deterministic,
-    disjoint from test; n may be large, e.g. 3200)."""
+    disjoint from test; n may be large, e.g. 3200); split 'val' = 100 problems for choosing
+    settings, the next ones of the test set's stream (disjoint from test, not from train: training
+    sees prompts, never answers)."""
     from esr_lab.toy import task
     from esr_lab.toy.build import N_TEST
 
     _check_world(world)
     if split not in _SPLITS:
         raise UserError(f"unknown toy split {split!r}; expected one of: {', '.join(_SPLITS)}")
-    test = task.test_problems(0, N_TEST)
-    if split == "test":
-        if n is not None and n > N_TEST:
-            raise UserError(f"toy test split has {N_TEST} problems; asked for n={n}")
-        nums = test[:n] if n is not None else test
+    held_out = task.test_problems(0, N_TEST + _N_VAL)
+    test = held_out[:N_TEST]
+    if split in ("test", "val"):
+        fixed = test if split == "test" else held_out[N_TEST:]
+        if n is not None and n > len(fixed):
+            raise UserError(f"toy {split} split has {len(fixed)} problems; asked for n={n}")
+        nums = fixed[:n]
     else:
         exclude = {task.problem_text(p) for p in test}
         nums = task.train_problems(0, n or _N_TRAIN_DEFAULT, "distill", exclude)
