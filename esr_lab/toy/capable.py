@@ -28,7 +28,8 @@ the student learns to open with the direct plan and to write it out, not the two
 (Trained on them, it learnt them: avg@4 0.70, 0.77 x the teacher's. Trained on the plan line
 and the ending alone, it learnt to stop after any full stop.) The
 thresholds above are the world's design targets, measured by the build; they say nothing of
-how OPD will do on it, and the OPD settings (experiments/capable.toml) were not tuned on it.
+how OPD will do on it. The OPD learning rate and steps (experiments/capable.toml) were chosen
+once on the world's validation split (`capable:val`), never on its test set.
 """
 
 from __future__ import annotations
