@@ -10,7 +10,7 @@ User mistakes print one line and exit 2.
 import functools
 import inspect
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -467,6 +467,45 @@ def select_command(
     typer.echo(f"results: {parent.path}  figure: {run.figures_dir / 'select.png'}")
 
 
+@app.command("ablate")
+@with_options
+def ablate_command(
+    models: ModelOptions,
+    sampling: SamplingOptions,
+    run: RunOptions,
+    options: TrainOptions,
+    n: Annotated[int | None, _opt("ESR window, tokens [paper: 100].")] = None,
+    differences: Annotated[
+        str | None, _opt("Comma-separated recipe differences to switch on alone [default: all].")
+    ] = None,
+) -> None:
+    """Full OPD and ESR under both recipes, and full OPD with each paper-code difference alone:
+    which difference, if any, makes full OPD collapse."""
+    from esr_lab.console import print_table
+    from esr_lab.experiments import ablate as experiment
+
+    if options.recipe is not None:
+        raise UserError("ablate trains under both recipes; drop --recipe")
+    preset = presets.defaults_for(models.student, "ablate", options.preset)
+    names = differences.split(",") if differences else preset.get("differences", [])
+    bases = {
+        recipe: replace(options, recipe=recipe).config(models, sampling, run, n=n)
+        for recipe in ("esr-lab", "paper-code")
+    }
+    cfg = experiment.AblateConfig(
+        esr_lab=bases["esr-lab"],
+        paper_code=bases["paper-code"],
+        differences=tuple(name.strip() for name in names) or tuple(experiment.DIFFERENCES),
+    )
+    parent, summary = experiment.run(
+        cfg, run.results_dir, run.figures_dir, run.run_id, not run.quiet
+    )
+    print_table(experiment.terminal_table(summary), f"Recipe ablation, run {parent.run_id}")
+    for line in experiment.verdict(summary):
+        typer.echo(line)
+    typer.echo(f"results: {parent.path}  figure: {run.figures_dir / 'ablate.png'}")
+
+
 @app.command("profile")
 @with_options
 def profile_command(
@@ -758,11 +797,12 @@ def plot_command(
 
 @app.command("build-toy")
 def build_toy(
-    world: Annotated[str, typer.Argument(help="toy or micro.")] = "toy",
+    world: Annotated[str, typer.Argument(help="toy, capable or micro.")] = "toy",
     out: Annotated[Path | None, _opt("Folder [default: the cache].")] = None,
     seed: Annotated[int, _opt("Seed of the whole build.")] = 0,
 ) -> None:
-    """Train the toy world's teacher and student from scratch (deterministic from the seed)."""
+    """Train a toy world's teacher and student (deterministic from the seed; capable starts from
+    the toy world's teacher)."""
     from esr_lab import toy
 
     facts = toy.build_into(world, out or toy.cached_world_dir(world), seed=seed)

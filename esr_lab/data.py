@@ -348,8 +348,9 @@ def load_problems(
     """
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit} is not valid; use a positive number of problems or none")
-    if name in TOY_WORLDS:
-        problems = _take(_toy(name, split, limit), limit)
+    world, _, world_split = name.partition(":")  # "capable:val": a toy world's named split
+    if world in TOY_WORLDS:
+        problems = _take(_toy(world, world_split or split, limit), limit)
     else:
         spec = DATASETS.get(name)
         rows = _load_rows(name, spec, split)

@@ -166,6 +166,39 @@ def plot_training_curve(evals: pd.DataFrame, paths: list[Path], benchmark: str =
     _save(fig, paths)
 
 
+ABLATE_PANELS = (
+    ("avg_at_k", "strict avg@k (%)", 100),
+    ("relaxed_avg_at_k", "relaxed avg@k (%)", 100),
+    ("mean_tokens", "mean response tokens", 1),
+    ("multi_boxed_pct", "multi-boxed responses (%)", 1),
+    ("repetitive_pct", "repetitive responses (%)", 1),
+    ("boxes_per_response", "boxes per response", 1),
+)
+
+
+def plot_ablate(evals: pd.DataFrame, paths: list[Path]) -> None:
+    """Accuracy over steps per ablation variant, with the collapse signature beside it: ESR
+    green, full OPD black (paper-code dashed), single differences dotted in colour."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
+    singles = iter(plt.get_cmap("tab10").colors)
+    for variant, part in evals.groupby("variant", sort=False):
+        paper = part.recipe.iloc[0] == "paper-code"
+        if part.difference.iloc[0]:
+            color, style = next(singles), ":"
+        elif variant.endswith(" full"):
+            color, style = "black", "--" if paper else "-"
+        else:
+            color, style = ("#00897b" if paper else ESR_COLOR), "--" if paper else "-"
+        for ax, (column, _, scale) in zip(axes.flat, ABLATE_PANELS, strict=True):
+            ax.plot(part.step, part[column] * scale, style, color=color, marker="o", label=variant)
+    for ax, (_, ylabel, _) in zip(axes.flat, ABLATE_PANELS, strict=True):
+        _style(ax, ylabel, "step", "")
+    axes.flat[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Recipe ablation: accuracy and the collapse signature per evaluation")
+    fig.tight_layout()
+    _save(fig, paths)
+
+
 PHASE_COLORS = {"generation": CURVE_COLOR, "teacher": TEACHER_COLOR, "training": ESR_COLOR}
 
 
@@ -391,6 +424,7 @@ FIGURES: dict[str, tuple[str, str, Callable[[pd.DataFrame, list[Path]], None]]] 
     "submode": ("submode.png", "summary.parquet", plot_submode),
     "tokens": ("tokens.png", "categories.parquet", plot_tokens),
     "suggest_n": ("suggest_n.png", "curve.parquet", plot_suggest_n),
+    "ablate": ("ablate.png", "ablate_evals.parquet", plot_ablate),
 }
 
 

@@ -116,16 +116,15 @@ class TrainConfig:
         """A config from flat option values (recipes.settings): each key goes to the field of
         that name in the model pair, the sampling settings or the config itself. The response
         budget defaults by student (toy worlds are short, real answers long)."""
-        values = dict(values)
         student = values.get("student", ModelPair.student)
-        values.setdefault("max_new_tokens", default_max_new_tokens(student))
-        nested = {"pair": ModelPair, "sampling": Sampling}
-        parts = {
-            name: kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values})
-            for name, kind in nested.items()
-        }
-        own = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        return cls(**{**own, **parts})
+        return cls().with_settings({"max_new_tokens": default_max_new_tokens(student), **values})
+
+    def with_settings(self, values: dict) -> TrainConfig:
+        """This config with flat option values put in the fields of those names (model pair,
+        sampling or the config itself); an ablation switches one recipe difference this way."""
+        parts = {"pair": self.pair, "sampling": self.sampling}
+        parts = {name: replace(part, **_named(part, values)) for name, part in parts.items()}
+        return replace(self, **{**_named(self, values), **parts})
 
     @property
     def label(self) -> str:
@@ -238,6 +237,11 @@ class TrainConfig:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.loss == "sampled_token":
             _check_sampled_token(self)
+
+
+def _named(obj: object, values: dict) -> dict:
+    """The values whose keys are fields of the dataclass `obj`."""
+    return {f.name: values[f.name] for f in fields(obj) if f.name in values}
 
 
 def _check_fraction(option: str, value: float, low: float, high: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -9,10 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.prompts import DEFAULT_INSTRUCTION, render_prompt
-from esr_lab.toy import SHIPPED_DIR, task, toy_model_path, toy_problems
-from esr_lab.toy.build import boxed_int, build_tokenizer, encode_example
+from esr_lab.presets import load_preset
+from esr_lab.prompts import DEFAULT_INSTRUCTION, end_of_turn_id, render_prompt
+from esr_lab.toy import SHIPPED_DIR, capable, task, toy_model_path, toy_problems
+from esr_lab.toy.build import boxed_int, build_tokenizer, collate, encode_example, encode_examples
+from esr_lab.toy.tokenizer import IM_END, PAD
 
 
 def _expression(problem: str) -> str:
@@ -30,6 +34,15 @@ def test_problems_are_deterministic_and_correct() -> None:
     train = toy_problems("toy", "train", n=500)
     assert train == toy_problems("toy", "train", n=500)
     assert not {p["problem"] for p in train} & {p["problem"] for p in first}
+
+
+def test_validation_split_is_held_out_from_test_and_loads_by_name() -> None:
+    test, val = toy_problems("capable", "test"), toy_problems("capable", "val")
+    assert len(val) == 100 and not {p["problem"] for p in val} & {p["problem"] for p in test}
+    assert [p.problem for p in load_problems("capable:val", limit=5)] == [
+        p["problem"] for p in val[:5]
+    ]
+    assert load_problems("capable", limit=3)[0].id == "capable-test-00000"
 
 
 @pytest.mark.parametrize("style", task.STYLES)
@@ -85,7 +98,9 @@ def test_chat_template_and_special_tokens(tokenizer) -> None:
         + "<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
-    ids, n_prompt = encode_example(tokenizer, "Compute (1 + 2) * 3 - 4 * 5.", "ok")
+    ids, labels = encode_example(tokenizer, "Compute (1 + 2) * 3 - 4 * 5.", "ok")
+    n_prompt = labels.count(-100)
+    assert labels[n_prompt:] == ids[n_prompt:]
     assert ids[-1] == tokenizer.eos_token_id and ids[0] == tokenizer.convert_tokens_to_ids(
         "<|im_start|>"
     )
@@ -131,8 +146,70 @@ def test_toy_teacher_is_the_shipped_folder() -> None:
         lambda: toy_problems("nano"),
         lambda: toy_problems("toy", "dev"),
         lambda: toy_problems("toy", "test", n=10_000),
+        lambda: toy_problems("toy", "val", n=101),
     ],
 )
 def test_bad_names_raise_user_error(call) -> None:
     with pytest.raises(UserError):
         call()
+
+
+def test_a_student_with_another_eos_writes_end_of_turn_then_eos(tokenizer) -> None:
+    ids, labels = encode_examples(tokenizer, ["Compute (1 + 2) * 3 - 4 * 5."], ["ok"], PAD)[0]
+    end_of_turn, eos = tokenizer.convert_tokens_to_ids([IM_END, PAD])
+    assert ids[-2:] == [end_of_turn, eos] and eos == tokenizer.pad_token_id
+    short = (ids[:-4], labels[:-4])
+    _, mask_BT, labels_BT = collate([(ids, labels), short], tokenizer.pad_token_id)
+    assert mask_BT[0].all() and labels_BT[0, -1] == eos  # the EOS is learnt, not padding
+    assert mask_BT[1].sum() == len(ids) - 4 and labels_BT[1, -4:].eq(-100).all()
+
+
+def test_examples_tokenize_as_whole_texts_and_a_habit_leaves_direct_products_untaught(
+    tokenizer,
+) -> None:
+    rng = random.Random(2)
+    nums = [task.sample_numbers(rng) for _ in range(40)]
+    problems = [task.problem_text(n) for n in nums]
+    solutions = [task.solution_text(n, "verbose", "direct") for n in nums]
+    spans = [capable.product_results(text) for text in solutions]
+    habit = encode_examples(tokenizer, problems, solutions, PAD, spans)
+    for problem, solution, (ids, labels) in zip(problems, solutions, habit, strict=True):
+        text = render_prompt(tokenizer, problem) + solution + IM_END + PAD
+        assert ids == tokenizer(text, add_special_tokens=False).input_ids
+        untaught = [t for t, label in zip(ids, labels, strict=True) if label == -100]
+        products = re.findall(r"\d+ \* \d+ = (\d+)", solution)
+        assert tokenizer.decode(untaught) == render_prompt(tokenizer, problem) + "".join(products)
+
+
+def test_capable_preconditions_are_read_off_the_facts() -> None:
+    facts = {
+        "teacher": {"avg_at_k": 0.8},
+        "student": {"avg_at_k": 0.5, "forced_avg_at_k": 0.76, "mean_response_tokens": 100.0},
+    }
+    pre = capable.preconditions(facts, 20)
+    assert pre["window_share"] == 0.2 and pre["student_forced_avg"] == 0.76
+    assert pre["holds"] == {"student_avg": False, "student_forced_avg": True, "window_share": True}
+    facts["student"] |= {"avg_at_k": 0.48, "forced_avg_at_k": 0.74}
+    assert capable.preconditions(facts, 21)["holds"] == {
+        "student_avg": True,
+        "student_forced_avg": False,
+        "window_share": False,
+    }
+
+
+def test_capable_world_is_shipped_with_the_paper_pair_endings() -> None:
+    world = SHIPPED_DIR / "capable"
+    assert toy_model_path("capable-student") == world / "student"
+    teacher = AutoTokenizer.from_pretrained(world / "teacher")
+    student = AutoTokenizer.from_pretrained(world / "student")
+    assert teacher.eos_token == IM_END and student.eos_token == PAD
+    assert end_of_turn_id(student) == end_of_turn_id(teacher) == teacher.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(world / "student")
+    assert model.generation_config.eos_token_id == student.eos_token_id
+    facts = json.loads((world / "facts.json").read_text())
+    pre = facts["preconditions"]
+    assert pre["window"] == load_preset("capable")["train"]["n"]
+    for key in ("teacher_avg", "student_avg", "student_forced_avg", "window_share"):
+        assert 0.0 <= pre[key] <= 1.0
+    assert pre == capable.preconditions(facts, pre["window"])
+    assert all(pre["holds"].values()), pre  # the world is what its docstring says it is

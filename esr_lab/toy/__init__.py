@@ -2,8 +2,10 @@
 
 It lets every esr-lab command run on a laptop CPU with no network through the same code path as
 hub models: the models are real `Qwen3ForCausalLM`s with their own tokenizer and chat template.
-World "toy" is the default and ships its weights in the package; world "micro" is a seconds-fast
-build for tests, made on demand in the cache (`$ESR_LAB_CACHE`, else `~/.cache/esr-lab`).
+World "toy" is the default and ships its weights in the package; world "capable" (capable.py)
+ships its weights too: a student that executes the teacher's plan but opens with a worse one.
+World "micro" is a seconds-fast build for tests, made on demand in the cache (`$ESR_LAB_CACHE`,
+else `~/.cache/esr-lab`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from filelock import FileLock
 
 from esr_lab.errors import UserError
 
-TOY_WORLDS = ("toy", "micro")
-TOY_MODEL_NAMES = ("toy-teacher", "toy-student", "micro-teacher", "micro-student")
+TOY_WORLDS = ("toy", "micro", "capable")
+TOY_MODEL_NAMES = tuple(f"{w}-{role}" for w in TOY_WORLDS for role in ("teacher", "student"))
+SHIPPED_WORLDS = ("toy", "capable")
 SHIPPED_DIR = pathlib.Path(__file__).parent / "weights"
-_SPLITS = ("test", "train")
+_SPLITS = ("test", "val", "train")
+_N_VAL = 100
 _N_TRAIN_DEFAULT = 3200
 
 
@@ -89,16 +93,16 @@ def _cached_world(world: str) -> pathlib.Path:
 
 
 def toy_model_path(name: str) -> pathlib.Path:
-    """Folder for a toy model name, loadable with from_pretrained; shipped weights for 'toy',
-    built on first use (with a progress bar) and cached for 'micro' (and for 'toy' if the shipped
-    weights are missing)."""
+    """Folder for a toy model name, loadable with from_pretrained; shipped weights for 'toy' and
+    'capable', built on first use (with a progress bar) and cached for 'micro' (and for a
+    shipped world whose weights are missing)."""
     if not is_toy_model(name):
         raise UserError(
             f"unknown toy model {name!r}; expected one of: {', '.join(TOY_MODEL_NAMES)}"
         )
     world, role = name.split("-")
     shipped = SHIPPED_DIR / world
-    if world == "toy" and _complete(shipped):
+    if world in SHIPPED_WORLDS and _complete(shipped):
         return shipped / role
     return _cached_world(world) / role
 
@@ -107,18 +111,22 @@ def toy_problems(world: str, split: str = "test", n: int | None = None) -> list[
     """Problems as dicts with keys 'id' (str), 'problem' (str, the text without instruction),
     'answer' (str, the integer). split 'test' = fixed held-out set (e.g. 200 problems, disjoint
     from training problems); split 'train' = prompts for distillation training (deterministic,
-    disjoint from test; n may be large, e.g. 3200)."""
+    disjoint from test; n may be large, e.g. 3200); split 'val' = 100 problems for choosing
+    settings, the next ones of the test set's stream (disjoint from test, not from train: training
+    sees prompts, never answers)."""
     from esr_lab.toy import task
     from esr_lab.toy.build import N_TEST
 
     _check_world(world)
     if split not in _SPLITS:
         raise UserError(f"unknown toy split {split!r}; expected one of: {', '.join(_SPLITS)}")
-    test = task.test_problems(0, N_TEST)
-    if split == "test":
-        if n is not None and n > N_TEST:
-            raise UserError(f"toy test split has {N_TEST} problems; asked for n={n}")
-        nums = test[:n] if n is not None else test
+    held_out = task.test_problems(0, N_TEST + _N_VAL)
+    test = held_out[:N_TEST]
+    if split in ("test", "val"):
+        fixed = test if split == "test" else held_out[N_TEST:]
+        if n is not None and n > len(fixed):
+            raise UserError(f"toy {split} split has {len(fixed)} problems; asked for n={n}")
+        nums = fixed[:n]
     else:
         exclude = {task.problem_text(p) for p in test}
         nums = task.train_problems(0, n or _N_TRAIN_DEFAULT, "distill", exclude)

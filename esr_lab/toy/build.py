@@ -14,8 +14,11 @@ it. It can still split (about half its rare split answers are right) but seldom 
 the early decision that ESR is about. Everything is fixed by the seed: data streams, the
 tokenizer corpus, initial weights, batch order and the sampling used to measure accuracy.
 
+World "capable" (capable.py) starts from the toy world's shipped teacher instead: the teacher is
+adapted to one style, and the student is a copy of it that acquires a habit, not a skill.
+
 Rebuild the shipped weights with `python -m esr_lab.toy.build toy` (about 18 minutes on one
-CPU thread; the shipped files are what that command writes).
+CPU thread) or `... capable` (about 14 minutes); the shipped files are what they write.
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from esr_lab.errors import UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION, render_prompt
-from esr_lab.toy import task
-from esr_lab.toy.tokenizer import IM_END, train_tokenizer
+from esr_lab.toy import capable, task
+from esr_lab.toy.tokenizer import IM_END, PAD, train_tokenizer
 
 VERSION = 1
 N_TEST = 200
@@ -58,6 +67,9 @@ class ModelSpec:
     then_lr: float = 0.0
     then_mix: dict | None = None  # None: the same mix as the first phase
     init_layers: tuple[int, ...] = ()  # student: start from these teacher layers
+    eos: str = IM_END  # the model's EOS; another one is written after the end of turn
+    habit_only: bool = False  # direct products carry no loss: the habit without the facts
+    then_habit_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class WorldSpec:
     n_eval: int
     max_new_tokens: int
     threads: int  # one thread: fixed results, and small ops gain little from a second
+    window: int  # the preset's ESR N, for the share of the answer it covers
+    base: str | None = None  # a world whose tokenizer and teacher this one starts from
 
 
 WORLDS: dict[str, WorldSpec] = {
@@ -95,6 +109,7 @@ WORLDS: dict[str, WorldSpec] = {
         n_eval=N_TEST,
         max_new_tokens=400,
         threads=1,
+        window=20,
     ),
     "micro": WorldSpec(
         teacher=ModelSpec(32, 2, 2, 80, 16, 1e-2, task.TEACHER_MIX, 10, 2e-3),
@@ -105,6 +120,33 @@ WORLDS: dict[str, WorldSpec] = {
         n_eval=8,
         max_new_tokens=160,
         threads=1,
+        window=4,
+    ),
+    "capable": WorldSpec(
+        # teacher: the toy teacher adapted to the verbose style (see capable.py)
+        teacher=ModelSpec(128, 4, 4, 150, 32, 5e-4, capable.TEACHER_MIX),
+        # student: a copy of that teacher that acquires the direct habit and another EOS
+        student=ModelSpec(
+            128,
+            4,
+            4,
+            0,
+            32,
+            0.0,
+            capable.TEACHER_MIX,  # its skill is the teacher's: no phase of its own
+            100,
+            5e-4,
+            capable.STUDENT_MIX,
+            init_layers=(0, 1, 2, 3),
+            eos=PAD,
+            then_habit_only=True,
+        ),
+        vocab_size=400,
+        n_eval=N_TEST,
+        max_new_tokens=400,
+        threads=1,
+        window=20,
+        base="toy",
     ),
 }
 
@@ -150,38 +192,68 @@ def make_model(spec: ModelSpec, tok: PreTrainedTokenizerFast) -> Qwen3ForCausalL
     return model
 
 
+def ending(eos: str) -> str:
+    """What a model writes after its answer: the template's end of turn, then its EOS if that
+    is another token (Qwen2.5-Math's `<|im_end|><|endoftext|>`; Qwen3 stops at `<|im_end|>`)."""
+    return IM_END if eos == IM_END else IM_END + eos
+
+
 def encode_examples(
-    tok: PreTrainedTokenizerFast, problems: list[str], solutions: list[str]
-) -> list[tuple[list, int]]:
-    """Token ids of prompt + response, and the prompt length (the response alone carries loss).
+    tok: PreTrainedTokenizerFast,
+    problems: list[str],
+    solutions: list[str],
+    eos: str = IM_END,
+    unlearned: list[list[tuple[int, int]]] | None = None,
+) -> list[tuple[list, list]]:
+    """Token ids of prompt + response, and labels: -100 on the prompt (the response alone
+    carries loss) and on tokens that overlap a solution's `unlearned` character spans.
 
     Prompt and response are tokenized separately, exactly as generation sees them.
     """
     prompts = tok([render_prompt(tok, p) for p in problems], add_special_tokens=False).input_ids
-    responses = tok([s + IM_END for s in solutions], add_special_tokens=False).input_ids
-    return [(p + r, len(p)) for p, r in zip(prompts, responses, strict=True)]
+    responses = tok(solutions, add_special_tokens=False, return_offsets_mapping=True)
+    end = tok(ending(eos), add_special_tokens=False).input_ids
+    out = []
+    for i, (prompt, ids) in enumerate(zip(prompts, responses.input_ids, strict=True)):
+        spans = unlearned[i] if unlearned else []
+        labels = [
+            -100 if any(a < stop and start < b for a, b in spans) else token
+            for token, (start, stop) in zip(ids, responses.offset_mapping[i], strict=True)
+        ]
+        out.append((prompt + ids + end, [-100] * len(prompt) + labels + end))
+    return out
 
 
-def encode_example(tok: PreTrainedTokenizerFast, problem: str, solution: str) -> tuple[list, int]:
+def encode_example(tok: PreTrainedTokenizerFast, problem: str, solution: str) -> tuple[list, list]:
     """One example of `encode_examples`."""
     return encode_examples(tok, [problem], [solution])[0]
 
 
+def with_eos(model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast, eos: str):
+    """The model and a copy of the tokenizer, both with `eos` as their EOS token."""
+    tok = copy.deepcopy(tok)
+    tok.eos_token = eos
+    model.config.eos_token_id = tok.eos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
 def training_examples(
     tok: PreTrainedTokenizerFast, spec: ModelSpec, seed: int, stream: str, exclude: set[str]
-) -> list[tuple[list, int]]:
+) -> list[tuple[list, list]]:
     """One fresh problem per example (no epochs), each solved in a mode drawn from spec.mix."""
     rng = random.Random(f"toy-modes-{stream}-{seed}")
     problems = task.train_problems(seed, spec.steps * spec.batch, stream, exclude)
     modes = [task.pick_mode(rng, spec.mix) for _ in problems]
-    examples = encode_examples(
-        tok,
-        [task.problem_text(n) for n in problems],
-        [
-            task.solution_text(n, style, plan)
-            for n, (style, plan) in zip(problems, modes, strict=True)
-        ],
-    )
+    texts = [
+        task.solution_text(n, style, plan) for n, (style, plan) in zip(problems, modes, strict=True)
+    ]
+    unlearned = [
+        capable.product_results(text) if spec.habit_only and plan == "direct" else []
+        for text, (_, plan) in zip(texts, modes, strict=True)
+    ]
+    problem_texts = [task.problem_text(n) for n in problems]
+    examples = encode_examples(tok, problem_texts, texts, spec.eos, unlearned)
     return length_grouped(examples, spec.batch, rng)
 
 
@@ -197,15 +269,23 @@ def length_grouped(examples: list, batch: int, rng: random.Random, group: int = 
     return out
 
 
-def collate(batch: list[tuple[list, int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids_BT and labels_BT with -100 on prompt and padding."""
+def collate(
+    batch: list[tuple[list, list]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids_BT, mask_BT and labels_BT (-100 where no loss, padding included).
+
+    The mask comes from the lengths, not from the pad id: a student whose EOS is the pad token
+    (Qwen2.5-Math's `<|endoftext|>`) has it inside its responses too.
+    """
     T = max(len(ids) for ids, _ in batch)
     ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
     labels_BT = torch.full((len(batch), T), -100, dtype=torch.long)
-    for i, (ids, n_prompt) in enumerate(batch):
+    for i, (ids, labels) in enumerate(batch):
         ids_BT[i, : len(ids)] = torch.tensor(ids)
-        labels_BT[i, n_prompt : len(ids)] = ids_BT[i, n_prompt : len(ids)]
-    return ids_BT, labels_BT
+        mask_BT[i, : len(ids)] = 1
+        labels_BT[i, : len(ids)] = torch.tensor(labels)
+    return ids_BT, mask_BT, labels_BT
 
 
 def lr_at(step: int, spec: ModelSpec) -> float:
@@ -240,12 +320,12 @@ def train_model(
     with Progress(*columns, disable=not show_progress) as progress:
         bar = progress.add_task(label, total=spec.steps, loss=float("nan"))
         for step in range(spec.steps):
-            ids_BT, labels_BT = collate(
+            ids_BT, mask_BT, labels_BT = collate(
                 examples[step * spec.batch : (step + 1) * spec.batch], pad_id
             )
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, spec)
-            loss = model(input_ids=ids_BT, attention_mask=ids_BT.ne(pad_id), labels=labels_BT).loss
+            loss = model(input_ids=ids_BT, attention_mask=mask_BT, labels=labels_BT).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -279,11 +359,15 @@ def sample_responses(
     k: int,
     max_new_tokens: int,
     seed: int,
+    opener: str = "",
     chunk: int = 200,
 ) -> list[tuple[str, int]]:
-    """k samples per problem at T=0.7, top_p=1 (problem-major order): (text, token count)."""
+    """k samples per problem at T=0.7, top_p=1 (problem-major order): (text, token count).
+
+    The text keeps its special tokens (how a response ends is measured). With an `opener` every
+    response is forced to start with it; it is part of the text, not of the count."""
     tok.padding_side = "left"
-    prompts = [render_prompt(tok, p) for p in problems for _ in range(k)]
+    prompts = [render_prompt(tok, p) + opener for p in problems for _ in range(k)]
     torch.manual_seed(seed)
     out = []
     for start in range(0, len(prompts), chunk):
@@ -303,7 +387,7 @@ def sample_responses(
         )[:, enc.input_ids.shape[1] :]
         for row in gen_BT.tolist():
             n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-            out.append((tok.decode(row[:n], skip_special_tokens=True), n))
+            out.append((opener + tok.decode(row[:n]), n))
     tok.padding_side = "right"
     return out
 
@@ -316,17 +400,25 @@ def measure(
     max_new_tokens: int,
     seed: int,
 ) -> dict:
-    """avg@k at T=0.7 by exact integer match of the last boxed answer, plus mode shares."""
+    """avg@k at T=0.7 by exact integer match of the last boxed answer, plus mode shares; and
+    avg@k when every response is forced to open with the capable teacher's plan sentence."""
     texts = [task.problem_text(p) for p in problems]
-    samples = sample_responses(model, tok, texts, k, max_new_tokens, seed)
     answers = [task.answer_of(p) for p in problems for _ in range(k)]
-    correct = [boxed_int(text) == a for (text, _), a in zip(samples, answers, strict=True)]
+
+    def avg(samples: list[tuple[str, int]]) -> float:
+        pairs = zip(samples, answers, strict=True)
+        return sum(boxed_int(text) == a for (text, _), a in pairs) / len(samples)
+
+    samples = sample_responses(model, tok, texts, k, max_new_tokens, seed)
+    forced = sample_responses(model, tok, texts, k, max_new_tokens, seed, capable.FORCED_OPENER)
     n = len(samples)
     return {
-        "avg_at_k": sum(correct) / n,
+        "avg_at_k": avg(samples),
+        "forced_avg_at_k": avg(forced),
         "mean_response_tokens": sum(length for _, length in samples) / n,
         "split_share": sum(task.response_plan(t) == "split" for t, _ in samples) / n,
         "verbose_share": sum(task.response_style(t) == "verbose" for t, _ in samples) / n,
+        "ends_as_trained_share": sum(t.endswith(ending(tok.eos_token)) for t, _ in samples) / n,
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -348,8 +440,21 @@ def _mix_names(mix: dict) -> dict:
 
 
 def second_phase(spec: ModelSpec) -> ModelSpec:
-    """The model's second phase: fresh problems, its own learning rate and data mix."""
-    return replace(spec, steps=spec.then_steps, lr=spec.then_lr, mix=spec.then_mix or spec.mix)
+    """The model's second phase: fresh problems, its own learning rate, data mix and loss."""
+    mix, habit_only = spec.then_mix or spec.mix, spec.then_habit_only
+    return replace(spec, steps=spec.then_steps, lr=spec.then_lr, mix=mix, habit_only=habit_only)
+
+
+def initial_teacher(spec: WorldSpec, seed: int) -> tuple[PreTrainedTokenizerFast, Qwen3ForCausalLM]:
+    """The tokenizer and the untrained teacher: fresh from the seed, or the base world's."""
+    if spec.base is None:
+        tok = build_tokenizer(seed, spec.vocab_size)
+        torch.manual_seed(seed * 1000)  # the teacher's initial weights
+        return tok, make_model(spec.teacher, tok)
+    from esr_lab.toy import toy_model_path  # the package imports this module lazily
+
+    path = toy_model_path(f"{spec.base}-teacher")
+    return AutoTokenizer.from_pretrained(path), Qwen3ForCausalLM.from_pretrained(path)
 
 
 def build_world(
@@ -357,25 +462,27 @@ def build_world(
 ) -> dict:
     """Train teacher and student for `world`, save to out_dir/{teacher,student}, return facts.
 
-    Facts: teacher/student avg@4 at T=0.7 on the test split, parameter counts, mean response
-    tokens, the share of the split plan and of the verbose style, and build seconds.
+    Facts: teacher/student avg@4 at T=0.7 on the test split (also with the response forced to
+    open with the capable teacher's plan), parameter counts, mean response tokens, the share of
+    the split plan, of the verbose style and of responses ending as trained, the preconditions
+    of capable.py, and build seconds.
     """
     spec = world_spec(world)
     start = time.time()
     torch.set_num_threads(spec.threads)
-    tok = build_tokenizer(seed, spec.vocab_size)
     test = task.test_problems(0, N_TEST)
     exclude = {task.problem_text(p) for p in test}
-    facts: dict = {"world": world, "version": VERSION, "seed": seed}
+    facts: dict = {"world": world, "version": VERSION, "seed": seed, "base": spec.base}
+    tok, teacher = initial_teacher(spec, seed)
 
-    def train_phase(model, mspec: ModelSpec, stream: str) -> float:
+    def train_phase(model, mspec: ModelSpec, stream: str) -> float | None:
+        if mspec.steps == 0:  # a phase this world skips (capable: the teacher's own skill)
+            return None
         examples = training_examples(tok, mspec, seed, f"{world}-{stream}", exclude)
         return train_model(
             model, examples, mspec, tok.pad_token_id, f"{world} {stream}", show_progress
         )
 
-    torch.manual_seed(seed * 1000)  # the teacher's initial weights
-    teacher = make_model(spec.teacher, tok)
     train_phase(teacher, spec.teacher, "teacher")
     student = layer_subset(teacher, spec.student.init_layers)
     train_phase(student, spec.student, "student-skill")
@@ -383,15 +490,17 @@ def build_world(
     losses["teacher"] = train_phase(teacher, second_phase(spec.teacher), "teacher-polish")
     for role, model in (("teacher", teacher), ("student", student)):
         mspec = getattr(spec, role)
+        model, role_tok = with_eos(model, tok, mspec.eos)
         model.save_pretrained(out_dir / role)
-        tok.save_pretrained(out_dir / role)  # before sampling, which pads on the left
-        stats = measure(model, tok, test[: spec.n_eval], 4, spec.max_new_tokens, seed)
+        role_tok.save_pretrained(out_dir / role)  # before sampling, which pads on the left
+        stats = measure(model, role_tok, test[: spec.n_eval], 4, spec.max_new_tokens, seed)
         spec_dict = {
             **asdict(mspec),
             "mix": _mix_names(mspec.mix),
             "then_mix": _mix_names(mspec.then_mix or mspec.mix),
         }
         facts[role] = {**stats, "final_loss": losses[role], "spec": spec_dict}
+    facts["preconditions"] = capable.preconditions(facts, spec.window)
     facts["build_seconds"] = time.time() - start
     (out_dir / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
     return facts
@@ -404,21 +513,25 @@ def _summary(facts: dict) -> str:
         lines.append(
             f"{role}: avg@4 (T=0.7) {f['avg_at_k']:.3f}, params {f['params']:,}, "
             f"mean response tokens {f['mean_response_tokens']:.1f}, split plan "
-            f"{f['split_share']:.2f}, verbose {f['verbose_share']:.2f}"
+            f"{f['split_share']:.2f}, verbose {f['verbose_share']:.2f}, forced to split: avg@4 "
+            f"{f['forced_avg_at_k']:.3f}"
         )
+    pre = facts["preconditions"]
+    lines.append(f"preconditions (capable.py, N={pre['window']}): {pre['holds']}")
     return "\n".join(lines)
 
 
 def main() -> None:
-    """CLI: build a world into a folder (default: the shipped folder for 'toy', else the cache)."""
+    """CLI: build a world into a folder (default: its shipped folder if it has one, else the
+    cache)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("world", choices=list(WORLDS))
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from esr_lab.toy import SHIPPED_DIR, build_into, cached_world_dir  # avoids an import cycle
+    from esr_lab.toy import SHIPPED_DIR, SHIPPED_WORLDS, build_into, cached_world_dir
 
-    shipped = SHIPPED_DIR / "toy" if args.world == "toy" else None
+    shipped = SHIPPED_DIR / args.world if args.world in SHIPPED_WORLDS else None
     out = args.out or shipped or cached_world_dir(args.world)
     print(_summary(build_into(args.world, out, args.seed)))
 
