@@ -17,8 +17,10 @@ echo "esr-lab: setting up .venv (first run: a few minutes)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! python -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1; then default_torch="torch"; else default_torch="torch==2.13.0"; fi
-    python -m pip install --quiet "${TORCH_SPEC:-$default_torch}"
+    python -m pip install --quiet "${TORCH_SPEC:-$default_torch}" > .venv/setup.log 2>&1 \
+        || { cat .venv/setup.log; exit 1; }
 fi
-# The build backend's notes (editable install, licence metadata) go to the log, not the screen.
-python -m pip install --quiet -e ".[dev]" > .venv/setup.log 2>&1 || { cat .venv/setup.log; exit 1; }
+# pip's and the build backend's notes (index locations, editable install) go to the log; a
+# failure prints it.
+python -m pip install --quiet -e ".[dev]" >> .venv/setup.log 2>&1 || { cat .venv/setup.log; exit 1; }
 echo "$want" > "$STAMP"
