@@ -24,6 +24,16 @@ import pandas as pd
 
 from esr_lab.errors import UserError
 
+# What grading a math response adds to it (evaluate.grade_samples), in every table of graded math.
+MATH_GRADES = (
+    "correct",
+    "correct_relaxed",
+    "correct_first_boxed",
+    "answer",
+    "n_boxed",
+    "repetitive",
+    "chars",
+)
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "decay_samples": (
         "run_id",
@@ -91,13 +101,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "completion",
         "completion_tokens",
         "finished",
-        "correct",
-        "correct_relaxed",
-        "correct_first_boxed",
-        "answer",
-        "n_boxed",
-        "repetitive",
-        "chars",
+        *MATH_GRADES,
     ),
     # `esr-lab grade` and `esr-lab eval --task`: one table of graded samples per task, one summary.
     "graded_math": (
@@ -105,13 +109,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "problem_id",
         "sample",
         "completion",
-        "correct",
-        "correct_relaxed",
-        "correct_first_boxed",
-        "answer",
-        "n_boxed",
-        "repetitive",
-        "chars",
+        *MATH_GRADES,
     ),
     "graded_humaneval": ("run_id", "problem_id", "sample", "completion", "correct", "status"),
     "graded_bfcl": (
