@@ -74,10 +74,7 @@ def grade_samples(
     ]
     which = "first" if extraction == "first_boxed" else "last"
     out["answer"] = [grading.extract_boxed(t, which) for t in texts]
-    out["n_boxed"] = [grading.count_boxed(t) for t in texts]
-    out["repetitive"] = [grading.is_repetitive(t) for t in texts]
-    out["chars"] = [len(t) for t in texts]
-    return out
+    return with_collapse_markers(out)
 
 
 def grade_task_samples(task: str, samples: pd.DataFrame, problems: Sequence) -> pd.DataFrame:
@@ -91,11 +88,16 @@ def grade_task_samples(task: str, samples: pd.DataFrame, problems: Sequence) -> 
     for column in ("correct", "correct_relaxed", "correct_first_boxed"):
         out[column] = graded.correct.to_numpy(dtype=bool)
     out["answer"] = None
-    texts = out.completion.tolist()
-    out["n_boxed"] = [grading.count_boxed(t) for t in texts]
-    out["repetitive"] = [grading.is_repetitive(t) for t in texts]
-    out["chars"] = [len(t) for t in texts]
-    return out
+    return with_collapse_markers(out)
+
+
+def with_collapse_markers(graded: pd.DataFrame) -> pd.DataFrame:
+    """Finding 9's per-response markers, whatever the task: boxes, repetition, length."""
+    texts = graded.completion.tolist()
+    graded["n_boxed"] = [grading.count_boxed(t) for t in texts]
+    graded["repetitive"] = [grading.is_repetitive(t) for t in texts]
+    graded["chars"] = [len(t) for t in texts]
+    return graded
 
 
 def majority_correct(group: pd.DataFrame) -> bool:

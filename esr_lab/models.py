@@ -69,11 +69,15 @@ class LoadedModel:
         return sorted(ids)
 
     @property
+    def text_config(self) -> Any:
+        """The language model's config (a multimodal model such as Gemma 3 nests it)."""
+        config = self.model.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    @property
     def context_length(self) -> int | None:
         """Positions the model was built for (max_position_embeddings), if its config says."""
-        config = self.model.config
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return getattr(config, "max_position_embeddings", None)
+        return getattr(self.text_config, "max_position_embeddings", None)
 
     def autocast(self) -> AbstractContextManager:
         """Forwards in `compute_dtype` over higher-precision stored weights, else as stored."""

@@ -43,12 +43,15 @@ class Policy:
         marker = no_think_marker(self.tokenizer)
         return self.tokenizer(marker, add_special_tokens=False).input_ids if marker else []
 
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(self.tokenizer.all_special_ids) | frozenset(self.loaded.stop_ids(True))
+
     def strip_special_tail(self, ids: Sequence[int]) -> list[int]:
         """A response without its trailing stop and special tokens (the released code's
         `while response_ids[-1] in special_ids: pop()`), so that none of them carries loss."""
-        special = set(self.tokenizer.all_special_ids) | set(self.loaded.stop_ids(True))
         end = len(ids)
-        while end and ids[end - 1] in special:
+        while end and ids[end - 1] in self._special_ids:
             end -= 1
         return list(ids[:end])
 

@@ -384,16 +384,14 @@ def fusable(cfg: TrainConfig, student: Policy, teacher: Policy, cross_vocab) -> 
     linear heads, and no nucleus truncation to put into the sampled-token log-probs."""
     if cross_vocab is not None or (cfg.loss == "sampled_token" and cfg.sampling.top_p < 1):
         return False
-    return all(_plain_head(side.loaded.model) for side in (student, teacher))
+    return all(_plain_head(side.loaded) for side in (student, teacher))
 
 
-def _plain_head(model) -> bool:
+def _plain_head(loaded) -> bool:
     """An output head without bias or logit soft-capping (Gemma-2 caps its logits)."""
-    config = model.config.get_text_config()
-    head = model.get_output_embeddings()
-    return getattr(head, "bias", None) is None and not getattr(
-        config, "final_logit_softcapping", None
-    )
+    head = loaded.model.get_output_embeddings()
+    softcap = getattr(loaded.text_config, "final_logit_softcapping", None)
+    return getattr(head, "bias", None) is None and not softcap
 
 
 @contextmanager
@@ -582,8 +580,8 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     teacher_batch = teacher_view(trainer, problems, responses)
     full_mask_BT = loss_mask(trainer, student_batch, teacher_batch)
     chosen_BT = select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
-    counts = group.sum([int(chosen_BT.sum()), int(chosen_BT.any(-1).sum()), len(responses)])
-    norms = dict(zip(("token_mean", "sequence_mean", "sequence_sum"), counts, strict=True))
+    local = reduction_counts(chosen_BT)
+    norms = dict(zip(local, group.sum(list(local.values())), strict=True))
     totals = {"loss": 0.0, "kl_selected": 0.0, "kl_all": 0.0, "selected": 0, "tokens": 0}
     trainer.model.train()
     torch.manual_seed(row_seed(cfg.seed, step, "dropout", group.rank))  # resumable, exact
@@ -623,15 +621,15 @@ def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"reverse_kl": zeros, "student_entropy": zeros, "teacher_entropy": zeros}
 
 
-def micro_batch_weight(reduction: str, selected_BT: torch.Tensor, batch_norm: int) -> float:
-    """Weight of a micro-batch's reduced loss so that the weighted micro-batch losses add up to
-    the whole batch's: its share of the rows (sequence_sum), of the rows with a selected
-    position (sequence_mean), or of the selected positions (token_mean)."""
-    if reduction == "sequence_sum":
-        return selected_BT.shape[0] / batch_norm
-    if reduction == "sequence_mean":
-        return int(selected_BT.any(-1).sum()) / batch_norm
-    return int(selected_BT.sum()) / batch_norm
+def reduction_counts(selected_BT: torch.Tensor) -> dict[str, int]:
+    """What each reduction averages over: the selected positions (token_mean), the rows with
+    one (sequence_mean), all rows (sequence_sum). A micro-batch's count over the whole
+    batch's is the weight that makes the micro-batch losses add up to the batch's loss."""
+    return {
+        "token_mean": int(selected_BT.sum()),
+        "sequence_mean": int(selected_BT.any(-1).sum()),
+        "sequence_sum": selected_BT.shape[0],
+    }
 
 
 def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) -> None:
@@ -649,7 +647,7 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
             stats = pair_stats(trainer, s_out.detach(), t_out, t_batch)
         selected_BT = select(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
-        weight = micro_batch_weight(cfg.reduction, selected_BT, batch_norm)
+        weight = reduction_counts(selected_BT)[cfg.reduction] / batch_norm
         loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction) * weight
         loss.backward()
     kl_BT = per_pos_BT.detach() if stats is None else stats["reverse_kl"]
