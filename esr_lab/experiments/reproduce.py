@@ -29,6 +29,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("cascade", "5 cascade"),
     ("submode", "7 sub-mode commitment"),
     ("profile", "8 efficiency"),
+    ("ablate", "9 collapse: recipe ablation"),
 )
 
 
