@@ -73,7 +73,7 @@ def rollouts(
 ) -> tuple[list[Problem], list[list[int]]]:
     """Seeded responses (stop token removed) for `rows`, row i answering problem i mod P as
     its sample i // P; returns each row's problem and response."""
-    from esr_lab.rollout import row_seed
+    from esr_lab.seeding import row_seed
 
     pairs = [(problems[i % len(problems)], i // len(problems)) for i in rows]
     prompts = [policy.prompt_ids(p.problem) for p, _ in pairs]

@@ -112,6 +112,19 @@ def group() -> Group:
     return Group(state.process_index, state.num_processes)
 
 
+def without_num_processes(argv: list[str]) -> list[str]:
+    """The command line minus `--num-processes N`, for the processes it launches."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--num-processes="):
+            skip = False
+            continue
+        skip = arg == "--num-processes"
+        if not skip:
+            kept.append(arg)
+    return kept
+
+
 def relaunch(num_processes: int, argv: Sequence[str]) -> int:
     """Run `esr-lab ARGV` as `num_processes` processes under accelerate launch; exit code."""
     if num_processes < 1:

@@ -17,7 +17,7 @@ from esr_lab.config import Sampling
 from esr_lab.data import Problem
 from esr_lab.policy import Policy
 from esr_lab.prompts import PromptStyle
-from esr_lab.rollout import row_seed
+from esr_lab.seeding import row_seed
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

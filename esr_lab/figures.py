@@ -435,11 +435,15 @@ def latest_run(folder: Path, table: str) -> Path | None:
 
 
 def rebuild_all(results_dir: Path, out_dir: Path) -> list[Path]:
-    """Every figure whose experiment has a complete run in `results_dir`, drawn into `out_dir`."""
+    """Every figure whose experiment has a complete run in `results_dir`, drawn into `out_dir`.
+
+    The figures are looked up in the experiment registry, each drawn from its saved tables."""
+    from esr_lab.experiments.registry import figures
+
     written = []
-    for experiment, (name, table, plot) in FIGURES.items():
-        run = latest_run(Path(results_dir) / experiment, table)
+    for folder, figure in figures().items():
+        run = latest_run(Path(results_dir) / folder, figure.reads[0])
         if run is not None:
-            plot(pd.read_parquet(run / table), [Path(out_dir) / name])
-            written.append(Path(out_dir) / name)
+            figure.draw(run, [Path(out_dir) / figure.file])
+            written.append(Path(out_dir) / figure.file)
     return written

@@ -62,13 +62,18 @@ def recipe_values(name: str, student: str) -> dict[str, object]:
     return {**RECIPES[name], **for_models}
 
 
-def settings(given: dict, preset: dict, student: str, recipe: str | None = None) -> dict:
+def settings(
+    given: dict, preset: dict, student: str, recipe: str | None = None, training: bool = True
+) -> dict:
     """Flat option values: given on the command line, else the preset's, else the recipe's.
 
     The recipe is the one named on the command line, else the preset's `recipe`, else esr-lab;
-    what none of them sets is left to the dataclass defaults. Options given as None count as
+    it sets training options only (`training=False`: an experiment's own options, no recipe).
+    What none of them sets is left to the dataclass defaults. Options given as None count as
     not given.
     """
     given = {k: v for k, v in given.items() if v is not None}
+    if not training:
+        return {**preset, **given}
     name = recipe or preset.get("recipe") or "esr-lab"
     return {**recipe_values(name, student), **preset, **given, "recipe": name}

@@ -15,7 +15,6 @@ on any device and in any batch.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,12 +27,6 @@ from esr_lab.console import console
 from esr_lab.models import LoadedModel
 
 _WARNED_CONTEXT: set[tuple[str, int]] = set()
-
-
-def row_seed(*keys: object) -> int:
-    """A 63-bit seed from any tuple of keys, stable across processes and Python versions."""
-    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass

@@ -42,7 +42,7 @@ from esr_lab.memory import PeakMemory
 from esr_lab.models import fingerprint, load_tokenizer
 from esr_lab.policy import Policy, load_policy
 from esr_lab.prompts import DEFAULT_INSTRUCTION, PLACEMENTS, PromptStyle
-from esr_lab.rollout import row_seed, sampling_logprobs
+from esr_lab.rollout import sampling_logprobs
 from esr_lab.scoring import (
     ScoringBatch,
     build_batch,
@@ -51,6 +51,7 @@ from esr_lab.scoring import (
     shared_vocab_size,
     vocabularies_agree,
 )
+from esr_lab.seeding import row_seed
 from esr_lab.toy import TOY_WORLDS
 
 # peft asks transformers a deprecated question on every wrap; it is not ours to answer.

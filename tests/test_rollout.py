@@ -15,11 +15,11 @@ from esr_lab.rollout import (
     TransformersEngine,
     _mul32,
     left_pad,
-    row_seed,
     row_uniforms,
     sample_next,
     sampling_logprobs,
 )
+from esr_lab.seeding import row_seed
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from esr_lab import loop, train
 from esr_lab.console import console
 from esr_lab.records import RunDir, config_hash, open_run, write_table
-from esr_lab.train import TrainConfig
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
 
 
 def run_variants(
@@ -29,6 +31,8 @@ def run_variants(
     show_progress: bool,
 ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Train every variant; returns the parent run, the summaries, and all evaluations."""
+    from esr_lab import train
+
     config = dict(config, variant_runs=[variant_run_id(v) for v in variants])
     train.check_inputs(variants[0].resolved())  # bad input fails before anything is written
     parent = open_run(results_dir, experiment, config, run_id)
@@ -47,12 +51,16 @@ def run_variants(
 
 def variant_run_id(cfg: TrainConfig) -> str:
     """The run id a training config always gets: its label and a hash of its settings."""
+    from esr_lab import train
+
     resolved = cfg.resolved()
     return f"{resolved.label}-{config_hash(train.config_dict(resolved))}"
 
 
 def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool):
     """Train `cfg` under its content-addressed run id, or reuse/resume the run that has it."""
+    from esr_lab import loop
+
     return loop.run(cfg, results_dir, variant_run_id(cfg), show_progress, "runs")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 
@@ -28,12 +28,11 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table, progress_bar
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
-from esr_lab.evaluate import mean_ci
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_decay
-from esr_lab.models import check_models
-from esr_lab.policy import load_policy
-from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
-from esr_lab.rollout import row_seed
+from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, opt, parse_int_list
+from esr_lab.records import SCHEMAS, open_run, write_table
+from esr_lab.seeding import row_seed
 
 CONDITIONS = ("teacher_alone", "student_alone", "teacher_from_prefix")
 
@@ -71,15 +70,39 @@ class DecayConfig:
         )
 
 
-def run(
-    cfg: DecayConfig,
-    results_dir: Path = Path("results"),
-    figures_dir: Path = Path("figures"),
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame]:
+@dataclass
+class Options:
+    dataset: Annotated[
+        str | None, opt("math500, aime24, amc23, gsm8k, toy, a hub id or a file.")
+    ] = None
+    limit: Annotated[int | None, opt("Use the first N problems.", min=1)] = None
+    samples: Annotated[int, opt("Student samples per problem (avg@k).")] = 4
+    prefix_lengths: Annotated[str, opt("Student prefix lengths, tokens.")] = "0,25,50,100,200,300"
+    batch_size: Annotated[int, opt("Rows per generation batch.")] = 64
+    extraction: Annotated[str, opt("last_boxed, first_boxed or relaxed.")] = "last_boxed"
+
+
+def configure(options: Options, given: Given) -> DecayConfig:
+    return DecayConfig(
+        pair=given.pair(),
+        dataset=options.dataset,
+        limit=options.limit,
+        samples=options.samples,
+        prefix_lengths=parse_int_list(options.prefix_lengths, "--prefix-lengths"),
+        sampling=given.sampling_for(),
+        seed=given.run.seed,
+        batch_size=options.batch_size,
+        extraction=options.extraction,
+    )
+
+
+def run(cfg: DecayConfig, paths: Paths) -> Result:
     """Sample, continue, grade and summarise; resumable per chunk of problems."""
+    from esr_lab.models import check_models
+    from esr_lab.policy import load_policy
+
     cfg = cfg.resolved()
+    results_dir, run_id, show_progress = paths.results_dir, paths.run_id, paths.show_progress
     check_models(cfg.pair.student, cfg.pair.teacher)
     problems = load_problems(cfg.dataset, limit=cfg.limit)
     student, teacher = (
@@ -104,8 +127,9 @@ def run(
     write_table(run_dir.path / "samples.parquet", samples, "decay_samples")
     summary = summarise(samples, cfg.prefix_lengths, run_dir.run_id)
     write_table(run_dir.path / "summary.parquet", summary, "decay_summary")
-    plot_decay(summary, [figures_dir / "decay.png", run_dir.path / "decay.png"])
-    return run_dir, summary
+    figure = paths.figures_dir / "decay.png"
+    plot_decay(summary, [figure, run_dir.path / "decay.png"])
+    return Result(run_dir, {"samples": samples, "summary": summary}, figure)
 
 
 # The per-sample columns a chunk produces; run_id and seed are added in front when it is saved.
@@ -215,12 +239,15 @@ def summarise(samples: pd.DataFrame, prefix_lengths: Sequence[int], run_id: str)
 
 def _summary_row(part: pd.DataFrame, condition: str, k: int | None) -> tuple:
     per_problem = part.groupby("problem_id", sort=False).correct.mean().tolist()
+    from esr_lab.evaluate import mean_ci
+
     mean, low, high = mean_ci(per_problem)
     return (condition, k, mean, low, high, len(per_problem), len(part))
 
 
-def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
+def print_summary(result: Result) -> None:
     """The summary as a narrow table: accuracy and its 95% CI in percent."""
+    summary, run_dir = result.tables["summary"], result.run_dir
     shown = pd.DataFrame(
         {
             "condition": summary.condition.str.replace("_", " "),
@@ -235,3 +262,19 @@ def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
         }
     )
     print_table(shown, f"Teacher decay, run {run_dir.run_id}")
+
+
+EXPERIMENT = Experiment(
+    command="decay",
+    folder="decay",
+    help="Finding 1: teacher accuracy when it continues from student prefixes of growing length.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("decay.png", ("summary.parquet",), plot_decay),
+    order=10,
+    finding="1 teacher decay",
+    step=1,
+)

@@ -24,7 +24,7 @@ from esr_lab.experiments.common import run_variants
 from esr_lab.figures import plot_select
 from esr_lab.policy import load_policy
 from esr_lab.records import write_table
-from esr_lab.rollout import row_seed
+from esr_lab.seeding import row_seed
 from esr_lab.train import TrainConfig
 
 BASELINES = (

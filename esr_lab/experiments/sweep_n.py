@@ -12,26 +12,44 @@ Command: esr-lab sweep-n --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
+from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import run_variants
+from esr_lab.experiments.common import run_variants, summary_table
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_sweep_n
-from esr_lab.train import TrainConfig
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    TrainOptions,
+    default_train_config,
+    int_list,
+    opt,
+    settings,
+)
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
 
 PAPER_NS = (5, 10, 20, 50, 100, 150, 200)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    base: TrainConfig = field(default_factory=TrainConfig)
+    base: TrainConfig = field(default_factory=default_train_config)
     ns: tuple[int, ...] = PAPER_NS
     full: bool = True
     progressive: bool = True
 
-    def variants(self) -> list[TrainConfig]:
+    def resolved(self) -> SweepConfig:
         if not self.ns or min(self.ns) < 1:
             raise UserError(f"--ns must be integers >= 1, got {list(self.ns)}")
+        return self
+
+    def variants(self) -> list[TrainConfig]:
         esr = [replace(self.base, selector="first_n", n=n) for n in sorted(set(self.ns))]
         extra = []
         if self.full:
@@ -42,11 +60,55 @@ class SweepConfig:
         return esr + extra
 
 
-def run(cfg: SweepConfig, results_dir: Path, figures_dir: Path, run_id=None, show_progress=True):
+@dataclass
+class Options:
+    ns: Annotated[str | None, opt("ESR windows to train [paper: 5,...,200].")] = None
+    full: Annotated[bool, opt("Also train full OPD.")] = True
+    progressive: Annotated[bool, opt("Also train a progressive-N schedule.")] = True
+
+
+def configure(options: Options, given: Given) -> SweepConfig:
+    values = settings(
+        "sweep_n",
+        given.models.student,
+        {"ns": int_list(options.ns or None, "--ns")},
+        given.train.preset,
+    )
+    return SweepConfig(
+        base=given.train.config(given),
+        ns=tuple(values.get("ns", PAPER_NS)),
+        full=options.full,
+        progressive=options.progressive,
+    )
+
+
+def run(cfg: SweepConfig, paths: Paths) -> Result:
+    cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.label for v in variants])
-    parent, summary, _ = run_variants(
-        "sweep_n", config, variants, results_dir, run_id, show_progress
+    parent, summary, evals = run_variants(
+        "sweep_n", config, variants, paths.results_dir, paths.run_id, paths.show_progress
     )
-    plot_sweep_n(summary, [figures_dir / "sweep_n.png", parent.path / "sweep_n.png"])
-    return parent, summary
+    figure = paths.figures_dir / "sweep_n.png"
+    plot_sweep_n(summary, [figure, parent.path / "sweep_n.png"])
+    return Result(parent, {"summary": summary, "evals": evals}, figure)
+
+
+def print_summary(result: Result) -> None:
+    print_table(summary_table(result.tables["summary"]), f"N sweep, run {result.run_dir.run_id}")
+
+
+EXPERIMENT = Experiment(
+    command="sweep-n",
+    folder="sweep_n",
+    help="Finding 3: best accuracy of ESR for several N, against full OPD and progressive N.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("sweep_n.png", ("summary.parquet",), plot_sweep_n),
+    order=50,
+    finding="3 N sweep",
+    step=5,
+)

@@ -1,0 +1,312 @@
+"""Command-line options shared by several commands, declared once as dataclasses.
+
+A command's parameters are its experiment's own `Options` fields followed by the fields of the
+option groups it takes (`with_options` turns each field into a typer option). Values given as
+None mean "not given": the preset's value is used, then the recipe's, then the dataclass
+default (`recipes.settings`).
+"""
+
+import inspect
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from esr_lab import presets, recipes, toy
+from esr_lab.config import ModelPair, Sampling, default_max_new_tokens
+from esr_lab.errors import UserError
+from esr_lab.experiments.registry import Paths
+from esr_lab.prompts import DEFAULT_INSTRUCTION
+
+
+def opt(help_text: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(help=help_text, **kwargs)
+
+
+@dataclass
+class ModelOptions:
+    student: Annotated[str, opt("Hub id, local folder, or toy name.")] = "toy-student"
+    teacher: Annotated[str, opt("Hub id, local folder, or toy name.")] = "toy-teacher"
+    device: Annotated[str, opt("auto (GPU if present), cpu, cuda, cuda:N.")] = "auto"
+    dtype: Annotated[str, opt("auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")] = "auto"
+    instruction: Annotated[str, opt("Instruction after every problem.")] = DEFAULT_INSTRUCTION
+    thinking: Annotated[bool, opt("Qwen3 thinking mode in the chat template.")] = False
+    threads: Annotated[int | None, opt("CPU torch threads [toy: 1; else torch's].", min=1)] = None
+    placement: Annotated[
+        str | None, opt("Where the instruction goes: user, system, user-inline [esr-lab: user].")
+    ] = None
+    engine: Annotated[
+        str | None, opt("Sampler: transformers (default, any device) or vllm (GPU).")
+    ] = None
+    vllm_memory: Annotated[
+        float | None, opt("vLLM's share of the GPU (weights + KV cache) [0.3].")
+    ] = None
+    vllm_sleep: Annotated[
+        bool | None,
+        opt("vLLM frees its GPU memory while the student trains [on].", show_default=False),
+    ] = None
+
+    def values(self) -> dict:
+        """The options as ModelPair field values (None: not given)."""
+        # Tiny toy models run fastest on one thread: their matrices are too small to split.
+        threads = self.threads or (1 if toy.is_toy_model(self.student) else None)
+        return {
+            "student": self.student,
+            "teacher": self.teacher,
+            "device": self.device,
+            "dtype": self.dtype,
+            "instruction": self.instruction,
+            "enable_thinking": self.thinking,
+            "threads": threads,
+            "placement": self.placement,
+            "engine": self.engine,
+            "vllm_memory": self.vllm_memory,
+            "vllm_sleep": self.vllm_sleep,
+        }
+
+    def pair(self) -> ModelPair:
+        return ModelPair(**{k: v for k, v in self.values().items() if v is not None})
+
+
+@dataclass
+class SamplingOptions:
+    temperature: Annotated[float, opt("Sampling temperature (0: greedy).", min=0.0)] = 0.7
+    top_p: Annotated[
+        float | None,
+        opt("Nucleus sampling mass [esr-lab: 1.0; paper-code: 0.95].", min=0.0, max=1.0),
+    ] = None
+    max_new_tokens: Annotated[
+        int | None, opt("Response budget in tokens [default: 400 toy, 4096 real].", min=1)
+    ] = None
+    stop_at_end_of_turn: Annotated[
+        bool | None,
+        opt(
+            "Also stop a response at the chat template's end-of-turn token [esr-lab: on; "
+            "paper-code: off].",
+            show_default=False,
+        ),
+    ] = None
+
+    def values(self) -> dict:
+        """The options as Sampling field values (None: not given)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "stop_at_end_of_turn": self.stop_at_end_of_turn,
+        }
+
+    def sampling(self, student: str) -> Sampling:
+        given = {k: v for k, v in self.values().items() if v is not None}
+        given.setdefault("max_new_tokens", default_max_new_tokens(student))
+        return Sampling(**given)
+
+
+@dataclass
+class RunOptions:
+    seed: Annotated[int, opt("Seed; every sample's seed derives from it.")] = 0
+    results_dir: Annotated[Path, opt("Where run folders are written.")] = Path("results")
+    figures_dir: Annotated[Path, opt("Where figures are written.")] = Path("figures")
+    run_id: Annotated[str | None, opt("Run name; an existing run resumes.")] = None
+    quiet: Annotated[bool, opt("No progress bars.")] = False
+
+
+@dataclass
+class TrainOptions:
+    """Training options; None means: the preset's value, else the recipe's, else esr-lab's."""
+
+    recipe: Annotated[
+        str | None, opt("esr-lab (default) or paper-code (the paper's released code).")
+    ] = None
+    loss: Annotated[
+        str,
+        opt(
+            "reverse_kl, forward_kl, jsd, sampled_token, topk_support; uld (different tokenizers)."
+        ),
+    ] = "reverse_kl"
+    min_vocab_overlap: Annotated[
+        float | None,
+        opt("Pairs with different tokenizers: least share of token strings both hold [0.5]."),
+    ] = None
+    reduction: Annotated[
+        str | None, opt("sequence_sum [esr-lab], sequence_mean [paper-code] or token_mean.")
+    ] = None
+    mask_special_tokens: Annotated[bool, opt("Exclude special tokens from the loss.")] = False
+    fused_loss: Annotated[
+        bool | None,
+        opt(
+            "Losses from hidden states block by block, never holding [T, V] logits [on].",
+            show_default=False,
+        ),
+    ] = None
+    gradient_checkpointing: Annotated[
+        bool | None,
+        opt("Recompute the student's activations in the backward [off].", show_default=False),
+    ] = None
+    loss_on_stop_token: Annotated[
+        bool | None,
+        opt(
+            "Score the response's stop token [esr-lab: on; paper-code: off, stripped].",
+            show_default=False,
+        ),
+    ] = None
+    teacher_prompt: Annotated[
+        str | None,
+        opt(
+            "Teacher reads its own template (own) or the student's prompt ids + "
+            "its no-think marker (student) [esr-lab: own; paper-code: student]."
+        ),
+    ] = None
+    steps: Annotated[int | None, opt("Training steps [paper: 200].")] = None
+    batch: Annotated[int | None, opt("Prompts per step [paper: 16].")] = None
+    rollouts_per_prompt: Annotated[int, opt("Rollouts per prompt.")] = 1
+    micro_batch: Annotated[int | None, opt("Rows per forward/backward.")] = None
+    lr: Annotated[float | None, opt("Learning rate [paper: 5e-5].")] = None
+    lr_schedule: Annotated[str | None, opt("constant [esr-lab] or cosine [paper-code].")] = None
+    warmup_ratio: Annotated[
+        float | None, opt("Share of steps warming up [esr-lab: 0; paper-code: 0.1].")
+    ] = None
+    weight_decay: Annotated[
+        float | None, opt("AdamW weight decay [esr-lab: 0; paper-code: 0.01].")
+    ] = None
+    lora_rank: Annotated[int | None, opt("LoRA rank [paper: 32].")] = None
+    lora_alpha: Annotated[int | None, opt("LoRA alpha [paper: 64].")] = None
+    lora_dropout: Annotated[float | None, opt("LoRA dropout [esr-lab: 0; paper-code: 0.05].")] = (
+        None
+    )
+    full_finetune: Annotated[bool, opt("Train all weights instead of LoRA.")] = False
+    train_dataset: Annotated[str | None, opt("Training prompts [toy: its generator].")] = None
+    train_limit: Annotated[int | None, opt("Training prompts used [paper: 3200].")] = None
+    eval_dataset: Annotated[str | None, opt("Eval set [default: math500 / toy test].")] = None
+    eval_limit: Annotated[int | None, opt("Eval problems used.")] = None
+    eval_samples: Annotated[int, opt("Samples per eval problem (avg@k).")] = 4
+    eval_every: Annotated[int | None, opt("Steps between evals/checkpoints [paper: 50].")] = None
+    task: Annotated[
+        str | None, opt("math, humaneval or bfcl [default: from the eval dataset].")
+    ] = None
+    eval_top_p: Annotated[float | None, opt("Eval top-p [default: --top-p; paper-code: 1.0].")] = (
+        None
+    )
+    eval_max_new_tokens: Annotated[
+        int | None, opt("Eval response budget [default: --max-new-tokens; paper-code: 2048].")
+    ] = None
+    progressive_schedule: Annotated[
+        str | None, opt("Progressive N: linear [esr-lab] or step (N = step) [paper-code].")
+    ] = None
+    preset: Annotated[str | None, opt("A preset in experiments/ (toy, paper-qwen, ...).")] = None
+
+    def config(self, given: "Given", **extra):
+        """A TrainConfig: command line, then preset, then recipe, then dataclass defaults."""
+        from esr_lab.train import TrainConfig
+
+        own = {f.name: getattr(self, f.name) for f in fields(self)}
+        own.pop("preset"), own.pop("recipe")
+        flat = {**given.models.values(), **given.sampling.values(), **own, **extra}
+        flat["seed"] = given.run.seed
+        values = settings("train", given.models.student, flat, self.preset, self.recipe)
+        return TrainConfig.from_settings(values)
+
+
+def default_train_config():
+    """A TrainConfig at its defaults (imported here so that declaring a config is light)."""
+    from esr_lab.train import TrainConfig
+
+    return TrainConfig()
+
+
+def settings(
+    command: str, student: str, given: dict, preset: str | None, recipe: str | None = None
+) -> dict:
+    """The one settings path: the command line, then the preset's `[command]` table (the named
+    preset, else a toy student's own world), then the recipe (training settings only), then the
+    dataclass defaults (keys left out). Values given as None count as not given."""
+    section = presets.defaults_for(student, command, preset)
+    return recipes.settings(given, section, student, recipe, training=command == "train")
+
+
+@dataclass
+class Given:
+    """The option groups a command was given (None: the command does not take that group)."""
+
+    models: ModelOptions | None = None
+    sampling: SamplingOptions | None = None
+    run: RunOptions | None = None
+    train: TrainOptions | None = None
+
+    def pair(self) -> ModelPair:
+        return self.models.pair()
+
+    def sampling_for(self, model: str | None = None) -> Sampling:
+        return self.sampling.sampling(model or self.models.student)
+
+    def paths(self, own) -> Paths:
+        """Where the run writes: the run group's options, else the command's own."""
+        source = self.run or own
+        return Paths(
+            results_dir=source.results_dir,
+            figures_dir=getattr(source, "figures_dir", Paths.figures_dir),
+            run_id=source.run_id,
+            show_progress=not getattr(source, "quiet", False),
+        )
+
+
+GROUPS: dict[type, str] = {
+    ModelOptions: "models",
+    SamplingOptions: "sampling",
+    RunOptions: "run",
+    TrainOptions: "train",
+}
+
+
+def parameters(option_classes) -> list[inspect.Parameter]:
+    """Every field of the option dataclasses, in order, as keyword parameters for typer."""
+    params = []
+    for cls in option_classes:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        params += [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
+            )
+            for f in fields(cls)
+        ]
+    return params
+
+
+def split(values: dict, own: type, groups) -> tuple[object, Given]:
+    """Flat option values (from typer, or reproduce) -> the command's own options and groups."""
+    values = dict(values)
+    taken = {GROUPS[g]: g(**{f.name: values.pop(f.name) for f in fields(g)}) for g in groups}
+    return own(**{f.name: values.pop(f.name) for f in fields(own)}), Given(**taken)
+
+
+def defaults(option_classes) -> dict:
+    """Every option at its default value."""
+    return {f.name: f.default for cls in option_classes for f in fields(cls)}
+
+
+def parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    """'0,25,50' -> (0, 25, 50); anything else is a one-line error naming the option."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(
+            f"{option} takes comma-separated integers like 0,25,50; got '{text}'"
+        ) from None
+
+
+def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    """parse_int_list, with None (not given) kept as None."""
+    return None if text is None else parse_int_list(text, option)
+
+
+# Options several commands declare the same way.
+ScanDataset = Annotated[str | None, opt("Prompts [default: toy world's train split / math500].")]
+ScanRollouts = Annotated[int | None, opt("Student rollouts scanned [paper: 1000].")]
+ScanPreset = Annotated[str | None, opt("A preset in experiments/ (toy, paper-qwen, ...).")]
+BinWidth = Annotated[int | None, opt("Position bin width, tokens [paper: 50; toy: 10].")]
+Window = Annotated[int | None, opt("ESR window, tokens [paper: 100].")]
+EsrCheckpoint = Annotated[
+    str | None, opt("ESR adapter folder from esr-lab train (trained with --n) [default: train].")
+]
