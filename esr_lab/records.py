@@ -35,28 +35,6 @@ MATH_GRADES = (
     "chars",
 )
 SCHEMAS: dict[str, tuple[str, ...]] = {
-    "decay_samples": (
-        "run_id",
-        "seed",
-        "problem_id",
-        "sample",
-        "condition",
-        "prefix_tokens",
-        "prefix_complete",
-        "completion",
-        "completion_tokens",
-        "correct",
-    ),
-    "decay_summary": (
-        "run_id",
-        "condition",
-        "prefix_tokens",
-        "accuracy",
-        "ci_low",
-        "ci_high",
-        "n_problems",
-        "n_samples",
-    ),
     "train_steps": (
         "run_id",
         "label",
@@ -322,6 +300,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def declare(schemas: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Add an experiment's table schemas, declared in its own module, to SCHEMAS; returns them.
+    A name may be declared once (or again with the same columns, as on a module reload)."""
+    for name, columns in schemas.items():
+        if SCHEMAS.setdefault(name, columns) != columns:
+            raise ValueError(f"table schema '{name}' declared twice with different columns")
+    return schemas
 
 
 def write_table(path: Path, frame: pd.DataFrame, schema: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.experiments import decay
+from esr_lab.experiments.registry import Paths
 from esr_lab.models import load_tokenizer
 
 MICRO = dict(
@@ -33,9 +34,9 @@ def test_prefix_is_handed_over_as_text_across_tokenizers(byte_model_dir, bpe_mod
 
 
 def test_decay_end_to_end_on_the_micro_world(tmp_path):
-    run_dir, summary = decay.run(
-        decay.DecayConfig(**MICRO), tmp_path / "results", tmp_path / "figures", show_progress=False
-    )
+    paths = Paths(tmp_path / "results", tmp_path / "figures", show_progress=False)
+    result = decay.run(decay.DecayConfig(**MICRO), paths)
+    run_dir, summary = result.run_dir, result.tables["summary"]
     assert (tmp_path / "figures" / "decay.png").stat().st_size > 10_000
     assert (run_dir.path / "decay.png").is_file()
     config = json.loads((run_dir.path / "config.json").read_text())
@@ -55,7 +56,7 @@ def test_decay_end_to_end_on_the_micro_world(tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     cfg = decay.DecayConfig(**MICRO)
-    reference, _ = decay.run(cfg, tmp_path / "a", tmp_path / "fa", "ref", show_progress=False)
+    reference = decay.run(cfg, Paths(tmp_path / "a", tmp_path / "fa", "ref", False)).run_dir
 
     real_chunk, calls = decay._run_chunk, []
 
@@ -67,13 +68,13 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
     monkeypatch.setattr(decay, "_run_chunk", dies_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        decay.run(cfg, tmp_path / "b", tmp_path / "fb", "killed", show_progress=False)
+        decay.run(cfg, Paths(tmp_path / "b", tmp_path / "fb", "killed", False))
     run_path = tmp_path / "b" / "decay" / "killed"
     assert len(list((run_path / "parts").glob("*.parquet"))) == 1
     assert not (run_path / "summary.parquet").exists()
 
     monkeypatch.setattr(decay, "_run_chunk", real_chunk)
-    resumed, _ = decay.run(cfg, tmp_path / "b", tmp_path / "fb", "killed", show_progress=False)
+    resumed = decay.run(cfg, Paths(tmp_path / "b", tmp_path / "fb", "killed", False)).run_dir
     assert resumed.resumed
     columns = ["problem_id", "sample", "condition", "prefix_tokens", "completion", "correct"]
     before = pd.read_parquet(reference.path / "samples.parquet")[columns]

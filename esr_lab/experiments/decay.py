@@ -31,10 +31,36 @@ from esr_lab.errors import UserError
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_decay
 from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, opt, parse_int_list
-from esr_lab.records import SCHEMAS, open_run, write_table
+from esr_lab.records import declare, open_run, write_table
 from esr_lab.seeding import row_seed
 
 CONDITIONS = ("teacher_alone", "student_alone", "teacher_from_prefix")
+SCHEMAS = declare(
+    {
+        "decay_samples": (
+            "run_id",
+            "seed",
+            "problem_id",
+            "sample",
+            "condition",
+            "prefix_tokens",
+            "prefix_complete",
+            "completion",
+            "completion_tokens",
+            "correct",
+        ),
+        "decay_summary": (
+            "run_id",
+            "condition",
+            "prefix_tokens",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "n_problems",
+            "n_samples",
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -274,6 +300,7 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=Figure("decay.png", ("summary.parquet",), plot_decay),
+    schemas=SCHEMAS,
     order=10,
     finding="1 teacher decay",
     step=1,
