@@ -24,7 +24,7 @@ from esr_lab.prompts import (
 )
 from esr_lab.rollout import TransformersEngine
 from esr_lab.scoring import ScoringBatch
-from tests.test_cli import MICRO, run_cli
+from tests.helpers import MICRO, run_cli
 from tests.test_train import BASE, assert_same_gradient, one_step, run_killed_and_resumed
 from tests.tiny_models import byte_level_tokenizer, save_pair
 
