@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,11 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from esr_lab.memory import PeakMemory, rss_mb  # noqa: E402
 from esr_lab.records import write_table  # noqa: E402
-from tests.conftest import byte_level_tokenizer  # noqa: E402
+from tests.tiny_models import byte_level_tokenizer, save_pair, tiny_model  # noqa: E402
 
 SYSTEMS = ("esr-lab", "trl")
 SIZES = {"student": (64, 2), "teacher": (128, 4)}  # hidden, layers: the toy world's shapes
@@ -47,25 +47,16 @@ def build_world(folder: Path) -> None:
     """Student and teacher folders (save_pretrained) and the prompts as a jsonl file."""
     tokenizer = byte_level_tokenizer()
     for seed, (role, (hidden, layers)) in enumerate(SIZES.items()):
-        torch.manual_seed(seed)
-        config = Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=3 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=hidden // 4,
-            max_position_embeddings=1024,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=True,
-        )
-        model = Qwen3ForCausalLM(config)
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(folder / role)
-        tokenizer.save_pretrained(folder / role)
+        sizes = {
+            "hidden_size": hidden,
+            "intermediate_size": 3 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": hidden // 4,
+            "max_position_embeddings": 1024,
+        }
+        save_pair(folder / role, tokenizer, seed, build=partial(tiny_model, **sizes))
     lines = [json.dumps({"problem": p, "answer": "0"}) for p in PROBLEMS]
     (folder / "prompts.jsonl").write_text("\n".join(lines) + "\n")
 

@@ -9,7 +9,7 @@ from esr_lab.errors import UserError
 from esr_lab.experiments.ablate import DIFFERENCES, AblateConfig
 from esr_lab.recipes import settings
 from esr_lab.train import TrainConfig
-from tests.test_cli import MICRO, run_cli
+from tests.helpers import MICRO, run_cli
 
 
 def _base(recipe: str) -> TrainConfig:

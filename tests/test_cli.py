@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pandas as pd
 import pytest
 
-from esr_lab import cli
-
-MICRO = ["--student", "micro-student", "--teacher", "micro-teacher", "--quiet"]
-NO_FIGURES = ("eval", "grade")
-
-
-def run_cli(monkeypatch, capsys, tmp_path, *args: str) -> tuple[int, str, str]:
-    """Run `esr-lab ARGS` in-process with results/figures under tmp_path."""
-    where = ["--results-dir", str(tmp_path / "results")]
-    if args[0] not in ("build-toy",):
-        where += ["--figures-dir", str(tmp_path / "figures")] if args[0] not in NO_FIGURES else []
-    monkeypatch.setattr(sys, "argv", ["esr-lab", *args, *where])
-    monkeypatch.setenv("COLUMNS", "200")  # tables unwrapped, as on a wide terminal
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return stop.value.code or 0, out, err
+from tests.helpers import MICRO, run_cli
 
 
 def test_decay_command(monkeypatch, capsys, tmp_path):

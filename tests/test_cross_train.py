@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 PROBLEMS = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4)]]
 

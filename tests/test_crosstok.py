@@ -26,7 +26,7 @@ from esr_lab.divergences import reduce_loss, reverse_kl
 from esr_lab.errors import UserError
 from esr_lab.policy import load_policy
 from esr_lab.scoring import build_batch, response_logits, vocabularies_agree
-from tests.conftest import CORPUS, byte_level_tokenizer, llama_tokenizer
+from tests.tiny_models import CORPUS, byte_level_tokenizer, llama_tokenizer
 
 TEXT = "Then add: 12 + 21 = 33. \\boxed{33}"
 BOXED = " \\boxed{33}"

@@ -13,7 +13,7 @@ from esr_lab.bfcl import load_call_problems
 from esr_lab.humaneval import load_code_problems
 from esr_lab.records import SCHEMAS
 from esr_lab.tasks import TASKS
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 MATH500 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl")
 

@@ -16,7 +16,7 @@ from esr_lab.lean import (
     unfused_per_position_loss,
 )
 from esr_lab.scoring import build_batch, response_hidden, response_logits
-from tests.conftest import tiny_model
+from tests.tiny_models import tiny_model
 
 CASES = [
     ("reverse_kl", {}),

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.test_cli import MICRO, run_cli
+from tests.helpers import MICRO, run_cli
 
 FAST = [*MICRO, "--max-new-tokens", "24"]
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from esr_lab.figures import latest_run, rebuild_all
 from esr_lab.records import open_run, write_table
+from tests.helpers import run_cli
 
 
 def decay_summary(run_id: str, teacher: float) -> pd.DataFrame:
@@ -61,11 +61,8 @@ def test_plot_command_never_imports_torch(tmp_path):
 
 
 def test_plot_with_no_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    from esr_lab import cli
-
-    monkeypatch.setattr(sys, "argv", ["esr-lab", "plot", "--results-dir", str(tmp_path)])
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-    assert stop.value.code == 2
-    assert "no finished runs" in capsys.readouterr().err
+    args = ("plot", "--results-dir", str(tmp_path))
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args, dirs=False)
+    assert code == 2
+    assert "no finished runs" in err
     assert not list(tmp_path.iterdir())

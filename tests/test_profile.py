@@ -10,7 +10,7 @@ import pytest
 from esr_lab.config import Sampling
 from esr_lab.errors import UserError
 from esr_lab.experiments.profile import ProfileConfig, summarise
-from tests.test_cli import MICRO, run_cli
+from tests.helpers import MICRO, run_cli
 from tests.test_train import BASE
 
 FAST = ["--max-new-tokens", "24", "--batch", "2", "--micro-batch", "2"]

@@ -24,9 +24,9 @@ from esr_lab.prompts import (
 )
 from esr_lab.rollout import TransformersEngine
 from esr_lab.scoring import ScoringBatch
-from tests.conftest import byte_level_tokenizer, save_pair
-from tests.test_cli import MICRO, run_cli
+from tests.helpers import MICRO, run_cli
 from tests.test_train import BASE, assert_same_gradient, one_step, run_killed_and_resumed
+from tests.tiny_models import byte_level_tokenizer, save_pair
 
 PAPER_CODE = {
     "reduction": "sequence_mean",
@@ -329,7 +329,7 @@ def test_teacher_can_read_the_students_prompt_and_its_no_think_marker():
 
 
 def test_template_facts_are_read_from_the_template():
-    tok = byte_level_tokenizer()  # conftest's Qwen3-like template, <|im_end|> closes a turn
+    tok = byte_level_tokenizer()  # tiny_models' Qwen3-like template, <|im_end|> closes a turn
     assert no_think_marker(tok) == "<think></think>"
     assert tok.convert_ids_to_tokens(end_of_turn_id(tok)) == "<|im_end|>"
     tok.chat_template = None

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from tests.test_cli import MICRO, run_cli
+from tests.helpers import MICRO, run_cli
 
 
 @pytest.mark.parametrize("dataset", ["humaneval", "bfcl"])

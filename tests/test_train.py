@@ -15,7 +15,7 @@ from esr_lab.divergences import reverse_kl
 from esr_lab.errors import UserError
 from esr_lab.models import load_tokenizer
 from esr_lab.scoring import build_batch, response_logits, shared_vocab_size
-from tests.conftest import SPECIALS, byte_level_tokenizer
+from tests.tiny_models import SPECIALS, byte_level_tokenizer
 
 BASE = train.TrainConfig(
     pair=ModelPair("micro-student", "micro-teacher"),
