@@ -30,13 +30,13 @@ def _load_math(dataset: str, limit: int | None) -> list:
 
 
 def _grade_math(samples: pd.DataFrame, problems: Sequence) -> pd.DataFrame:
-    from esr_lab.evaluate import grade_samples  # imports torch; math only
+    from esr_lab.metrics import grade_samples  # imports torch; math only
 
     return grade_samples(samples, problems, "last_boxed")
 
 
 def _math_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    from esr_lab.evaluate import majority_correct
+    from esr_lab.metrics import majority_correct
 
     by_problem = graded.groupby("problem_id", sort=False)
     return {

@@ -34,7 +34,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import crosstok, distributed, divergences, evaluate, lean, selection, tasks
+from esr_lab import crosstok, distributed, divergences, lean, metrics, selection, tasks
 from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -737,7 +737,7 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
     trainer.model.eval()
     sync_engine(trainer)
     problems = trainer.eval_problems[group.shard(len(trainer.eval_problems))]
-    samples = evaluate.sample_answers(
+    samples = metrics.sample_answers(
         trainer.student,
         problems,
         cfg.eval_samples,
@@ -746,11 +746,11 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
         cfg.eval_style,
     )
     if cfg.task == "math":
-        graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+        graded = metrics.grade_samples(samples, problems, cfg.extraction)
     else:
-        graded = evaluate.grade_task_samples(cfg.task, samples, problems)
+        graded = metrics.grade_task_samples(cfg.task, samples, problems)
     graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
-    return {"step": step, **evaluate.accuracy_metrics(graded)}, graded
+    return {"step": step, **metrics.accuracy_metrics(graded)}, graded
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import evaluate, grading, tasks
+from esr_lab import grading, metrics, tasks
 from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table
 from esr_lab.data import load_problems
@@ -102,7 +102,7 @@ def _run_task(cfg: EvalConfig, task: str, results_dir: Path, run_id: str | None)
         cfg = replace(cfg, pair=replace(cfg.pair, instruction=spec.instruction))
     policy = _policy(cfg)
     run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task=task, dataset=dataset), run_id)
-    samples = evaluate.sample_answers(
+    samples = metrics.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
     )
     samples = samples[["problem_id", "sample", "completion"]]
@@ -114,16 +114,16 @@ def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
     problems = load_problems(dataset, limit=cfg.limit)
     policy = _policy(cfg)
     run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task="math", dataset=dataset), run_id)
-    samples = evaluate.sample_answers(
+    samples = metrics.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
     )
-    graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+    graded = metrics.grade_samples(samples, problems, cfg.extraction)
     graded.insert(0, "step", 0)
     graded.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "samples.parquet", graded, "eval_samples")
-    metrics = evaluate.accuracy_metrics(graded)
+    scores = metrics.accuracy_metrics(graded)
     label = cfg.model + (f"+{Path(cfg.adapter).name}" if cfg.adapter else "")
-    summary = pd.DataFrame([{"run_id": run_dir.run_id, "label": label, "step": 0, **metrics}])
+    summary = pd.DataFrame([{"run_id": run_dir.run_id, "label": label, "step": 0, **scores}])
     summary = summary[list(SCHEMAS["train_evals"])]
     write_table(run_dir.path / "summary.parquet", summary, "train_evals")
     return run_dir, summary
