@@ -332,10 +332,6 @@ def write_table(path: Path, frame: pd.DataFrame, schema: str) -> None:
     atomic_write_bytes(path, frame.to_parquet(index=False))
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
 def config_hash(config: dict[str, Any]) -> str:
     stable = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:8]
