@@ -341,12 +341,9 @@ def train(
     cfg = options.config(
         models, sampling, run, n=n, selector=chosen, budget=budget, progressive=schedule
     )
-    run_dir, summary = loop.run(cfg, run.results_dir, run.run_id, not run.quiet)
+    run_dir, summary, evals = loop.run(cfg, run.results_dir, run.run_id, not run.quiet)
     if not distributed.group().is_main:
         return  # the main process draws and reports
-    import pandas as pd
-
-    evals = pd.read_parquet(run_dir.path / "evals.parquet")
     plot_training_curve(evals, [run_dir.path / "curve.png"])
     from esr_lab.console import print_table
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import loop, train
+from esr_lab import train
 from esr_lab.console import console
-from esr_lab.records import RunDir, config_hash, open_run, write_table
+from esr_lab.loop import train_variant, variant_run_id
+from esr_lab.records import RunDir, open_run, write_table
 from esr_lab.train import TrainConfig
 
 
@@ -35,25 +36,14 @@ def run_variants(
     summaries, evals = [], []
     for index, variant in enumerate(variants, start=1):
         console.print(f"[bold]{experiment}[/] variant {index}/{len(variants)}: {variant.label}")
-        run_dir, summary = train_variant(variant, results_dir, show_progress)
-        summaries.append(summary)
-        evals.append(pd.read_parquet(run_dir.path / "evals.parquet"))
+        trained = train_variant(variant, results_dir, show_progress)
+        summaries.append(trained.summary)
+        evals.append(trained.evals)
     summary = pd.concat(summaries, ignore_index=True)
     write_table(parent.path / "summary.parquet", summary, "train_summary")
     all_evals = pd.concat(evals, ignore_index=True)
     write_table(parent.path / "evals.parquet", all_evals, "train_evals")
     return parent, summary, all_evals
-
-
-def variant_run_id(cfg: TrainConfig) -> str:
-    """The run id a training config always gets: its label and a hash of its settings."""
-    resolved = cfg.resolved()
-    return f"{resolved.label}-{config_hash(train.config_dict(resolved))}"
-
-
-def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool):
-    """Train `cfg` under its content-addressed run id, or reuse/resume the run that has it."""
-    return loop.run(cfg, results_dir, variant_run_id(cfg), show_progress, "runs")
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:

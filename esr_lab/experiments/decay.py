@@ -28,8 +28,8 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table, progress_bar
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
-from esr_lab.metrics import mean_ci
 from esr_lab.figures import plot_decay
+from esr_lab.metrics import mean_ci
 from esr_lab.models import check_models
 from esr_lab.policy import load_policy
 from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
