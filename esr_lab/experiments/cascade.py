@@ -85,7 +85,7 @@ def run(
     summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
-    plot_cascade(bins, [figures_dir / "cascade.png", run_dir.path / "cascade.png"])
+    plot_cascade(bins, summary, [figures_dir / "cascade.png", run_dir.path / "cascade.png"])
     return run_dir, summary
 
 

@@ -66,7 +66,7 @@ def run(
         }
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
-    plot_suggest_n(curve, [figures_dir / "suggest_n.png", run_dir.path / "suggest_n.png"])
+    plot_suggest_n(curve, summary, [figures_dir / "suggest_n.png", run_dir.path / "suggest_n.png"])
     return run_dir, curve, summary
 
 
