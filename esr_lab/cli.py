@@ -723,7 +723,9 @@ def submode_command(
 
 @app.command("reproduce")
 def reproduce_command(
-    preset: Annotated[str, _opt("Preset in experiments/: toy, capable, micro, paper-qwen, paper-gemma.")] = "toy",
+    preset: Annotated[
+        str, _opt("Preset in experiments/: toy, capable, micro, paper-qwen, paper-gemma.")
+    ] = "toy",
     student: Annotated[str | None, _opt("Student [toy: toy-student; paper: required].")] = None,
     teacher: Annotated[str | None, _opt("Teacher [toy: toy-teacher; paper: required].")] = None,
     only: Annotated[str | None, _opt("Comma-separated steps to run (default: all).")] = None,
