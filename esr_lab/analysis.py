@@ -3,8 +3,8 @@
 
 `scan` samples student rollouts and scores every response token against the teacher (one row
 per token, `scoring.position_stats`). Everything else here is a pure function of that table, so
-it is testable on hand-built values and usable by `figures.py` while it rebuilds a figure from
-saved tables: this module imports torch only inside `scan`, never at import time.
+it is testable on hand-built values: this module imports torch only inside `scan`, never at
+import time. Figures never call it: they read the tables the experiments saved.
 
 Seeds are (seed, "scan", problem, sample) for every model, so a base and a trained student are
 compared on the same random streams.
@@ -110,6 +110,11 @@ def scan(
     return Scan(pd.concat(frames, ignore_index=True), lengths)
 
 
+def check_rollouts(rollouts: int) -> None:
+    if rollouts < 1:
+        raise UserError(f"--rollouts must be at least 1, got {rollouts}")
+
+
 def check_bin_width(width: int) -> None:
     if width < 1:
         raise UserError(f"--bin-width must be at least 1 token, got {width}")
@@ -124,6 +129,16 @@ def position_bins(tokens: pd.DataFrame, width: int) -> pd.DataFrame:
     bins.insert(0, "tokens", grouped.size())
     bins.insert(0, "bin_end", bins.index + width)
     return bins.reset_index()
+
+
+def tagged_bins(
+    tokens: pd.DataFrame, width: int, model: str, window: int, run_id: str
+) -> pd.DataFrame:
+    """`position_bins` with the columns of the position_bins table."""
+    bins = position_bins(tokens, width)
+    return bins.assign(run_id=run_id, model=model, window=window)[
+        ["run_id", "model", "window", "bin_start", "bin_end", "tokens", *STAT_COLUMNS]
+    ]
 
 
 def cascade_summary(bins: pd.DataFrame, window: int) -> pd.DataFrame:

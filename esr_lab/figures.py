@@ -1,8 +1,9 @@
 """One plot function per paper figure, reading saved tables only.
 
-This module never imports torch or a model: `esr-lab plot` rebuilds every figure from
-`results/` alone. Output is deterministic (fixed size, dpi and metadata) so the same tables
-give byte-identical PNGs.
+This module never imports torch, a model or `esr_lab.analysis`: `esr-lab plot` rebuilds every
+figure from `results/` alone, and a number a figure shows is read from the table the experiment
+saved, never recomputed here. Output is deterministic (fixed size, dpi and metadata) so the
+same tables give byte-identical PNGs.
 """
 
 from __future__ import annotations
@@ -280,10 +281,9 @@ def plot_positions(bins: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
-def plot_cascade(bins: pd.DataFrame, paths: list[Path]) -> None:
-    """Per-position KL before and after ESR training, trained window shaded (finding 5)."""
-    from esr_lab.analysis import cascade_summary
-
+def plot_cascade(bins: pd.DataFrame, summary: pd.DataFrame, paths: list[Path]) -> None:
+    """Per-position KL before and after ESR training, trained window shaded (finding 5); the
+    share of the gap closed comes from the run's cascade_summary table."""
     window = int(bins.window.iloc[0])
     kept = pd.concat(reached_bins(part) for _, part in bins.groupby("model"))
     wide = kept.pivot(index="bin_start", columns="model", values="reverse_kl").dropna()
@@ -294,10 +294,10 @@ def plot_cascade(bins: pd.DataFrame, paths: list[Path]) -> None:
     ax.fill_between(x, wide.base, wide.esr, color="#cfe2ff", alpha=0.7, label="KL gap closed")
     ax.plot(x, wide.base, "o-", color=CURVE_COLOR, lw=2.5, label="base student vs teacher")
     ax.plot(x, wide.esr, "s-", color=ESR_COLOR, lw=2.5, label="ESR-trained student vs teacher")
-    summary = cascade_summary(bins, window).set_index("region")
-    if "untrained" in summary.index:
+    regions = summary.set_index("region")
+    if "untrained" in regions.index:
         ax.annotate(
-            f"untrained positions {window}+: {summary.closed_pct['untrained']:+.0f}% of the KL "
+            f"untrained positions {window}+: {regions.closed_pct['untrained']:+.0f}% of the KL "
             "gap closed",
             xy=(0.5, 1.0),
             xycoords="axes fraction",
@@ -377,12 +377,11 @@ def plot_tokens(cells: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
-def plot_suggest_n(curve: pd.DataFrame, paths: list[Path]) -> None:
-    """Cumulative share of the trajectory's KL by position, and the N it suggests (finding 10)."""
-    from esr_lab.analysis import pick_n
-
+def plot_suggest_n(curve: pd.DataFrame, summary: pd.DataFrame, paths: list[Path]) -> None:
+    """Cumulative share of the trajectory's KL by position, and the N it suggests (finding 10;
+    the N is the run's suggest_n summary's)."""
     threshold = float(curve.threshold.iloc[0])
-    n = pick_n(curve, threshold)
+    n = int(summary.n.iloc[0])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(
         curve.position + 1,
@@ -412,26 +411,31 @@ def plot_suggest_n(curve: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
-# `esr-lab plot`: experiment folder -> (figure file, the run table it reads, its plot function).
+# `esr-lab plot`: experiment folder -> (figure file, the run tables it reads, its plot function,
+# called with those tables in that order and the figure paths).
 # The paper-finding modules call the same functions when their run ends.
-FIGURES: dict[str, tuple[str, str, Callable[[pd.DataFrame, list[Path]], None]]] = {
-    "decay": ("decay.png", "summary.parquet", plot_decay),
-    "sweep_n": ("sweep_n.png", "summary.parquet", plot_sweep_n),
-    "select": ("select.png", "summary.parquet", plot_select),
-    "profile": ("profile.png", "summary.parquet", plot_profile),
-    "positions": ("positions.png", "bins.parquet", plot_positions),
-    "cascade": ("cascade.png", "bins.parquet", plot_cascade),
-    "submode": ("submode.png", "summary.parquet", plot_submode),
-    "tokens": ("tokens.png", "categories.parquet", plot_tokens),
-    "suggest_n": ("suggest_n.png", "curve.parquet", plot_suggest_n),
-    "ablate": ("ablate.png", "ablate_evals.parquet", plot_ablate),
+FIGURES: dict[str, tuple[str, tuple[str, ...], Callable[..., None]]] = {
+    "decay": ("decay.png", ("summary.parquet",), plot_decay),
+    "sweep_n": ("sweep_n.png", ("summary.parquet",), plot_sweep_n),
+    "select": ("select.png", ("summary.parquet",), plot_select),
+    "profile": ("profile.png", ("summary.parquet",), plot_profile),
+    "positions": ("positions.png", ("bins.parquet",), plot_positions),
+    "cascade": ("cascade.png", ("bins.parquet", "summary.parquet"), plot_cascade),
+    "submode": ("submode.png", ("summary.parquet",), plot_submode),
+    "tokens": ("tokens.png", ("categories.parquet",), plot_tokens),
+    "suggest_n": ("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_suggest_n),
+    "ablate": ("ablate.png", ("ablate_evals.parquet",), plot_ablate),
 }
 
 
-def latest_run(folder: Path, table: str) -> Path | None:
-    """The most recently finished run (the newest `table`) in `folder`."""
-    tables = list(folder.glob(f"*/{table}"))
-    return max(tables, key=lambda p: p.stat().st_mtime_ns).parent if tables else None
+def latest_run(folder: Path, *tables: str) -> Path | None:
+    """The most recently finished run in `folder`: of the runs that hold every one of `tables`,
+    the one whose first table is newest."""
+    first, *rest = tables
+    runs = [
+        p.parent for p in folder.glob(f"*/{first}") if all((p.parent / t).is_file() for t in rest)
+    ]
+    return max(runs, key=lambda run: (run / first).stat().st_mtime_ns) if runs else None
 
 
 def rebuild_all(results_dir: Path, out_dir: Path) -> list[Path]:
@@ -442,7 +446,7 @@ def rebuild_all(results_dir: Path, out_dir: Path) -> list[Path]:
 
     written = []
     for folder, figure in figures().items():
-        run = latest_run(Path(results_dir) / folder, figure.reads[0])
+        run = latest_run(Path(results_dir) / folder, *figure.reads)
         if run is not None:
             figure.draw(run, [Path(out_dir) / figure.file])
             written.append(Path(out_dir) / figure.file)

@@ -15,6 +15,7 @@ import tempfile
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -22,7 +23,7 @@ from filelock import FileLock
 
 from esr_lab import distributed, train
 from esr_lab.console import progress_bar
-from esr_lab.records import SCHEMAS, RunDir, open_run, write_json, write_table
+from esr_lab.records import SCHEMAS, RunDir, config_hash, open_run, write_json, write_table
 from esr_lab.train import TrainConfig, Trainer
 
 
@@ -94,14 +95,24 @@ def is_eval_step(cfg: TrainConfig, step: int) -> bool:
     return step == 0 or step % cfg.eval_every == 0 or step == cfg.steps
 
 
+class RunResult(NamedTuple):
+    """What a training run leaves: its folder, its summary row and its evaluations (the
+    train_evals table written to evals.parquet; empty on the non-main processes of a
+    distributed run)."""
+
+    run_dir: RunDir
+    summary: pd.DataFrame
+    evals: pd.DataFrame
+
+
 def run(
     cfg: TrainConfig,
     results_dir: Path = Path("results"),
     run_id: str | None = None,
     show_progress: bool = True,
     experiment: str = "train",
-) -> tuple[RunDir, pd.DataFrame]:
-    """Train (or resume) one run; returns its run folder and its summary row.
+) -> RunResult:
+    """Train (or resume) one run; returns its run folder, its summary row and its evaluations.
 
     A named run is trained under a file lock, so two experiments running side by side that
     share a run (same config, same id) train it once: the second waits, then reuses it.
@@ -120,13 +131,14 @@ def run(
         return _run(cfg, results_dir, run_id, show_progress and group.is_main, experiment)
 
 
-def _run(cfg, results_dir, run_id, show_progress, experiment) -> tuple[RunDir, pd.DataFrame]:
+def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
     group = distributed.group()
     finished = Path(results_dir) / experiment / str(run_id) / "summary.parquet"
     if group.on_main(lambda: run_id is not None and finished.is_file()):
         # nothing left to do: no models to load
         run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
-        return run_dir, pd.read_parquet(finished)
+        evals = pd.read_parquet(run_dir.path / "evals.parquet")
+        return RunResult(run_dir, pd.read_parquet(finished), evals)
     trainer = train.setup(cfg)
     config = train.config_dict(cfg)
     run_dir = group.on_main(lambda: open_run(results_dir, experiment, config, run_id))
@@ -146,7 +158,8 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> tuple[RunDir, p
             bar.update(task, advance=1, description=f"{cfg.label} loss {steps[-1]['loss']:.3f}")
     summary = summarise(pd.DataFrame(evals), cfg, run_dir.run_id)
     group.on_main(lambda: write_table(run_dir.path / "summary.parquet", summary, "train_summary"))
-    return run_dir, summary
+    table = _frame(evals, run_dir, "train_evals") if group.is_main else pd.DataFrame()
+    return RunResult(run_dir, summary, table)
 
 
 def _evaluate(trainer, run_dir, step, evals, samples) -> pd.DataFrame:
@@ -181,3 +194,14 @@ def summarise(evals: pd.DataFrame, cfg: TrainConfig, run_id: str) -> pd.DataFram
         "collapsed": collapsed,
     }
     return pd.DataFrame([row])
+
+
+def variant_run_id(cfg: TrainConfig) -> str:
+    """The run id a training config always gets: its label and a hash of its settings."""
+    resolved = cfg.resolved()
+    return f"{resolved.label}-{config_hash(train.config_dict(resolved))}"
+
+
+def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool) -> RunResult:
+    """Train `cfg` under its content-addressed run id, or reuse/resume the run that has it."""
+    return run(cfg, results_dir, variant_run_id(cfg), show_progress, "runs")

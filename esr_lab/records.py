@@ -24,7 +24,7 @@ import pandas as pd
 
 from esr_lab.errors import UserError
 
-# What grading a math response adds to it (evaluate.grade_samples), in every table of graded math.
+# What grading a math response adds to it (metrics.grade_samples), in every table of graded math.
 MATH_GRADES = (
     "correct",
     "correct_relaxed",
@@ -317,10 +317,6 @@ def write_table(path: Path, frame: pd.DataFrame, schema: str) -> None:
     if tuple(frame.columns) != expected:
         raise ValueError(f"{schema} columns {tuple(frame.columns)} != declared {expected}")
     atomic_write_bytes(path, frame.to_parquet(index=False))
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
 
 
 def config_hash(config: dict[str, Any]) -> str:

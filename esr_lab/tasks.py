@@ -3,7 +3,9 @@
 One entry per task (math, humaneval, bfcl): how to load its problems, the instruction that
 follows every problem in the user turn, how to grade a table of responses, and the task's own
 metrics. `esr-lab grade` and `esr-lab eval` go through `load_task_problems`, `grade` and
-`metrics`; the trainer's per-step evaluation can call the same three with a task name.
+`metrics`; the trainer's per-step evaluation can call the same three with a task name. Both
+commands write their graded samples and summary with `write_graded` and show them with
+`print_summary`.
 
 Every problem has `id`, `problem` (the user-turn text) and `answer` (gold; for code the
 canonical solution, for BFCL the possible answers); the rest is the task's own.
@@ -15,12 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from esr_lab import bfcl, humaneval
+from esr_lab.console import print_table
 from esr_lab.errors import UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION
+from esr_lab.records import SCHEMAS, RunDir, write_table
 
 
 def _load_math(dataset: str, limit: int | None) -> list:
@@ -30,13 +35,13 @@ def _load_math(dataset: str, limit: int | None) -> list:
 
 
 def _grade_math(samples: pd.DataFrame, problems: Sequence) -> pd.DataFrame:
-    from esr_lab.evaluate import grade_samples  # imports torch; math only
+    from esr_lab.metrics import grade_samples  # imports torch; math only
 
     return grade_samples(samples, problems, "last_boxed")
 
 
 def _math_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    from esr_lab.evaluate import majority_correct
+    from esr_lab.metrics import majority_correct
 
     by_problem = graded.groupby("problem_id", sort=False)
     return {
@@ -121,3 +126,29 @@ def metrics(task: str, graded: pd.DataFrame) -> dict[str, float]:
         "n_samples": float(len(graded)),
         **get_task(task).extra_metrics(graded),
     }
+
+
+def write_graded(
+    run_dir: RunDir, task: str, dataset: str, samples: pd.DataFrame, problems: list
+) -> pd.DataFrame:
+    """Grade, write samples.parquet and summary.parquet; returns the one-row summary."""
+    graded = grade(task, samples, problems)
+    graded.insert(0, "run_id", run_dir.run_id)
+    write_table(run_dir.path / "samples.parquet", graded, f"graded_{task}")
+    row = {"run_id": run_dir.run_id, "task": task, "dataset": dataset}
+    summary = pd.DataFrame([{**row, **metrics(task, graded)}])
+    summary = summary.reindex(columns=list(SCHEMAS["grade_summary"]))
+    write_table(run_dir.path / "summary.parquet", summary, "grade_summary")
+    return summary
+
+
+def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
+    """Percentages of the metrics this task has, and the counts."""
+    row = summary.iloc[0]
+    shown = {"task": row.task, "dataset": Path(str(row.dataset)).name}
+    names = {"accuracy": "accuracy %", "name_match": "name match %", "full_match": "full match %"}
+    if row.k > 1:
+        names |= {"pass_at_k": f"pass@{int(row.k)} %", "maj_at_k": f"maj@{int(row.k)} %"}
+    shown |= {label: row[key] * 100 for key, label in names.items() if pd.notna(row[key])}
+    shown |= {"problems": int(row.n_problems), "samples": int(row.n_samples)}
+    print_table(pd.DataFrame([shown]), f"Grades, run {run_dir.run_id}")

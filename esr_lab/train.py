@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,11 +33,11 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import crosstok, distributed, divergences, evaluate, lean, selection, tasks
+from esr_lab import crosstok, distributed, divergences, lean, metrics, selection, tasks
 from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
-from esr_lab.memory import PeakMemory
+from esr_lab.memory import PeakMemory, peak_memory_mb
 from esr_lab.models import fingerprint, load_tokenizer
 from esr_lab.policy import Policy, load_policy
 from esr_lab.prompts import DEFAULT_INSTRUCTION, PLACEMENTS, PromptStyle
@@ -49,6 +48,7 @@ from esr_lab.scoring import (
     response_hidden,
     response_logits,
     shared_vocab_size,
+    token_logprobs,
     vocabularies_agree,
 )
 from esr_lab.seeding import row_seed
@@ -410,13 +410,6 @@ def phase(trainer: Trainer, name: str) -> Iterator[None]:
     trainer.peaks_mb[name] = max(trainer.peaks_mb.get(name, 0.0), peak.mb)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated since the last reset; CPU: the process's peak RSS so far."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def step_problems(trainer: Trainer, step: int) -> list[Problem]:
     """The step's prompts: consecutive slices of the seeded shuffle, wrapping around."""
     batch, problems = trainer.cfg.batch, trainer.train_problems
@@ -534,11 +527,9 @@ def sampled_token_logps(trainer, s_logits, t_logits, tokens_BT) -> dict[str, tor
     same temperature, so the estimate targets KL(student_T || teacher_T)."""
     sampling = trainer.cfg.sampling
     student_BTV = sampling_logprobs(s_logits, sampling.temperature, sampling.top_p)
-    teacher_BTV = torch.log_softmax(t_logits.float() / sampling.temperature, -1)
-    index_BT1 = tokens_BT[..., None]
     return {
-        "student_logp_BT": student_BTV.gather(-1, index_BT1).squeeze(-1),
-        "teacher_logp_BT": teacher_BTV.gather(-1, index_BT1).squeeze(-1),
+        "student_logp_BT": student_BTV.gather(-1, tokens_BT[..., None]).squeeze(-1),
+        "teacher_logp_BT": token_logprobs(t_logits.float() / sampling.temperature, tokens_BT),
     }
 
 
@@ -738,7 +729,7 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
     trainer.model.eval()
     sync_engine(trainer)
     problems = trainer.eval_problems[group.shard(len(trainer.eval_problems))]
-    samples = evaluate.sample_answers(
+    samples = metrics.sample_answers(
         trainer.student,
         problems,
         cfg.eval_samples,
@@ -747,11 +738,11 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
         cfg.eval_style,
     )
     if cfg.task == "math":
-        graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+        graded = metrics.grade_samples(samples, problems, cfg.extraction)
     else:
-        graded = evaluate.grade_task_samples(cfg.task, samples, problems)
+        graded = metrics.grade_task_samples(cfg.task, samples, problems)
     graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
-    return {"step": step, **evaluate.accuracy_metrics(graded)}, graded
+    return {"step": step, **metrics.accuracy_metrics(graded)}, graded
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -60,6 +60,15 @@ def test_plot_command_never_imports_torch(tmp_path):
     assert (tmp_path / "fig" / "decay.png").is_file()
 
 
+def test_figures_import_neither_torch_nor_analysis():
+    code = (
+        "import sys\nimport esr_lab.figures\n"
+        "assert 'torch' not in sys.modules, 'figures imported torch'\n"
+        "assert 'esr_lab.analysis' not in sys.modules, 'figures imported esr_lab.analysis'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_plot_with_no_runs_is_a_clear_error(tmp_path, monkeypatch, capsys):
     args = ("plot", "--results-dir", str(tmp_path))
     code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args, dirs=False)

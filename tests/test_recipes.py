@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esr_lab import evaluate, models, recipes, train
+from esr_lab import metrics, models, recipes, train
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.errors import UserError
 from esr_lab.models import load_model
@@ -226,8 +226,8 @@ def test_majority_vote_groups_equivalent_answers():
             "correct": [False, True, True, True, False],
         }
     )
-    assert evaluate.majority_correct(group)  # raw strings: "3" wins the 1-1-1-1 tie
-    assert not evaluate.majority_correct(group.iloc[[0, 0, 1]])
+    assert metrics.majority_correct(group)  # raw strings: "3" wins the 1-1-1-1 tie
+    assert not metrics.majority_correct(group.iloc[[0, 0, 1]])
 
 
 def test_response_budget_is_capped_at_the_context(tmp_path, capsys):

@@ -104,7 +104,7 @@ def test_step_loss_is_the_papers_equation():
 
 def run_killed_and_resumed(cfg, tmp_path, monkeypatch):
     """An uninterrupted run, and the same run killed at step 3 then resumed."""
-    ref, _ = loop.run(cfg, tmp_path / "a", "ref", show_progress=False)
+    ref, _, _ = loop.run(cfg, tmp_path / "a", "ref", show_progress=False)
     real_step = train.train_step
 
     def dies_at_step_3(trainer, step):
@@ -116,7 +116,7 @@ def run_killed_and_resumed(cfg, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
     monkeypatch.setattr(train, "train_step", real_step)
-    resumed, summary = loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
+    resumed, summary, _ = loop.run(cfg, tmp_path / "b", "killed", show_progress=False)
     return ref, resumed, summary
 
 

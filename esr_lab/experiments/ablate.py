@@ -24,8 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import run_variants, variant_run_id
+from esr_lab.experiments.common import run_variants
 from esr_lab.figures import plot_ablate
+from esr_lab.loop import variant_run_id
 from esr_lab.records import SCHEMAS, write_table
 from esr_lab.train import TrainConfig
 

@@ -19,23 +19,15 @@ Command: esr-lab cascade --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import analysis, loop, train
-from esr_lab.config import ModelPair
+from esr_lab import analysis
+from esr_lab.adapters import check_checkpoint, load_adapter, trained_adapter
 from esr_lab.console import print_table
-from esr_lab.errors import UserError
-from esr_lab.experiments.common import train_variant
-from esr_lab.experiments.evaluation import check_adapter, load_adapter
-from esr_lab.experiments.positions import check_rollouts, tagged_bins
 from esr_lab.figures import plot_cascade
-from esr_lab.models import resolve_model_source
-from esr_lab.policy import Policy, load_policy
 from esr_lab.records import RunDir, open_run, write_table
 from esr_lab.train import TrainConfig
 
@@ -50,49 +42,10 @@ class CascadeConfig:
     batch_size: int = 64
 
     def check(self) -> None:
-        check_rollouts(self.rollouts)
+        analysis.check_rollouts(self.rollouts)
         analysis.check_bin_width(self.bin_width)
         esr = replace(self.base, selector="first_n").resolved()
         check_checkpoint(self.esr_checkpoint, esr, "--esr-checkpoint")
-
-
-def check_checkpoint(adapter: str | None, cfg: TrainConfig, option: str) -> None:
-    """A given adapter must be a LoRA folder trained on this very student; with none, the run
-    that would be trained must have its data and models."""
-    if adapter is None:
-        train.check_inputs(cfg)
-        return
-    check_adapter(adapter)
-    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
-    trained_on = str(config.get("base_model_name_or_path"))
-    student = resolve_model_source(cfg.pair.student)
-    if _canonical(trained_on) != _canonical(student):
-        raise UserError(
-            f"{option} '{adapter}' was trained on '{trained_on}', not on the student "
-            f"'{cfg.pair.student}' ({student}); pass its student with --student, or a checkpoint "
-            "of this one"
-        )
-
-
-def _canonical(source: str) -> str:
-    return os.path.realpath(source) if Path(source).exists() else source
-
-
-def trained_adapter(
-    cfg: TrainConfig, adapter: str | None, results_dir: Path, show_progress: bool
-) -> str:
-    """The given adapter folder, or the final checkpoint of `cfg` trained (or reused) now."""
-    if adapter is not None:
-        return adapter
-    run_dir, _ = train_variant(cfg, results_dir, show_progress)
-    return str(loop.checkpoint_dir(run_dir, cfg.steps) / "model")
-
-
-def trained_policy(pair: ModelPair, adapter: str, batch_size: int) -> Policy:
-    """The student with a LoRA adapter on top."""
-    policy = load_policy(pair.student, pair, batch_size)
-    load_adapter(policy, adapter)
-    return policy
 
 
 def run(
@@ -124,13 +77,15 @@ def run(
             show_progress,
             label=f"{model} student",
         )
-        frames.append(tagged_bins(scan.tokens, cfg.bin_width, model, window, run_dir.run_id))
+        frames.append(
+            analysis.tagged_bins(scan.tokens, cfg.bin_width, model, window, run_dir.run_id)
+        )
     bins = pd.concat(frames, ignore_index=True)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
     summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
-    plot_cascade(bins, [figures_dir / "cascade.png", run_dir.path / "cascade.png"])
+    plot_cascade(bins, summary, [figures_dir / "cascade.png", run_dir.path / "cascade.png"])
     return run_dir, summary
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from esr_lab.console import console
-from esr_lab.records import RunDir, config_hash, open_run, write_table
+from esr_lab.records import RunDir, open_run, write_table
 
 if TYPE_CHECKING:
     from esr_lab.train import TrainConfig
@@ -32,6 +32,7 @@ def run_variants(
 ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Train every variant; returns the parent run, the summaries, and all evaluations."""
     from esr_lab import train
+    from esr_lab.loop import train_variant, variant_run_id
 
     config = dict(config, variant_runs=[variant_run_id(v) for v in variants])
     train.check_inputs(variants[0].resolved())  # bad input fails before anything is written
@@ -39,29 +40,14 @@ def run_variants(
     summaries, evals = [], []
     for index, variant in enumerate(variants, start=1):
         console.print(f"[bold]{experiment}[/] variant {index}/{len(variants)}: {variant.label}")
-        run_dir, summary = train_variant(variant, results_dir, show_progress)
-        summaries.append(summary)
-        evals.append(pd.read_parquet(run_dir.path / "evals.parquet"))
+        trained = train_variant(variant, results_dir, show_progress)
+        summaries.append(trained.summary)
+        evals.append(trained.evals)
     summary = pd.concat(summaries, ignore_index=True)
     write_table(parent.path / "summary.parquet", summary, "train_summary")
     all_evals = pd.concat(evals, ignore_index=True)
     write_table(parent.path / "evals.parquet", all_evals, "train_evals")
     return parent, summary, all_evals
-
-
-def variant_run_id(cfg: TrainConfig) -> str:
-    """The run id a training config always gets: its label and a hash of its settings."""
-    from esr_lab import train
-
-    resolved = cfg.resolved()
-    return f"{resolved.label}-{config_hash(train.config_dict(resolved))}"
-
-
-def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool):
-    """Train `cfg` under its content-addressed run id, or reuse/resume the run that has it."""
-    from esr_lab import loop
-
-    return loop.run(cfg, results_dir, variant_run_id(cfg), show_progress, "runs")
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -265,7 +265,7 @@ def summarise(samples: pd.DataFrame, prefix_lengths: Sequence[int], run_id: str)
 
 def _summary_row(part: pd.DataFrame, condition: str, k: int | None) -> tuple:
     per_problem = part.groupby("problem_id", sort=False).correct.mean().tolist()
-    from esr_lab.evaluate import mean_ci
+    from esr_lab.metrics import mean_ci
 
     mean, low, high = mean_ci(per_problem)
     return (condition, k, mean, low, high, len(per_problem), len(part))

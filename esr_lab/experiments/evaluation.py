@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import evaluate, grading, tasks
+from esr_lab import grading, metrics, tasks
+from esr_lab.adapters import check_adapter, load_adapter
 from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments import grade
 from esr_lab.models import check_models
 from esr_lab.policy import Policy, load_policy
 from esr_lab.prompts import DEFAULT_INSTRUCTION
@@ -41,29 +41,6 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
     task: str | None = None  # math, humaneval or bfcl; None: inferred from the dataset
-
-
-def check_adapter(adapter: str) -> None:
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(
-            f"no LoRA adapter in '{adapter}' (expected adapter_config.json, as written in "
-            "<run>/checkpoints/step-N/model by esr-lab train)"
-        )
-
-
-def load_adapter(policy, adapter: str) -> None:
-    """Wrap the policy's model with a LoRA adapter saved by `esr-lab train`."""
-    from peft import PeftModel
-
-    folder = Path(adapter)
-    check_adapter(adapter)
-    try:
-        policy.loaded.model = PeftModel.from_pretrained(policy.loaded.model, folder).eval()
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise UserError(
-            f"adapter '{adapter}' does not fit model '{policy.loaded.name}': "
-            f"{str(err).splitlines()[0][:120]}"
-        ) from err
 
 
 def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None = None):
@@ -102,11 +79,11 @@ def _run_task(cfg: EvalConfig, task: str, results_dir: Path, run_id: str | None)
         cfg = replace(cfg, pair=replace(cfg.pair, instruction=spec.instruction))
     policy = _policy(cfg)
     run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task=task, dataset=dataset), run_id)
-    samples = evaluate.sample_answers(
+    samples = metrics.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
     )
     samples = samples[["problem_id", "sample", "completion"]]
-    return run_dir, grade.write_graded(run_dir, task, dataset, samples, problems)
+    return run_dir, tasks.write_graded(run_dir, task, dataset, samples, problems)
 
 
 def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
@@ -114,16 +91,16 @@ def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
     problems = load_problems(dataset, limit=cfg.limit)
     policy = _policy(cfg)
     run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task="math", dataset=dataset), run_id)
-    samples = evaluate.sample_answers(
+    samples = metrics.sample_answers(
         policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
     )
-    graded = evaluate.grade_samples(samples, problems, cfg.extraction)
+    graded = metrics.grade_samples(samples, problems, cfg.extraction)
     graded.insert(0, "step", 0)
     graded.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "samples.parquet", graded, "eval_samples")
-    metrics = evaluate.accuracy_metrics(graded)
+    scores = metrics.accuracy_metrics(graded)
     label = cfg.model + (f"+{Path(cfg.adapter).name}" if cfg.adapter else "")
-    summary = pd.DataFrame([{"run_id": run_dir.run_id, "label": label, "step": 0, **metrics}])
+    summary = pd.DataFrame([{"run_id": run_dir.run_id, "label": label, "step": 0, **scores}])
     summary = summary[list(SCHEMAS["train_evals"])]
     write_table(run_dir.path / "summary.parquet", summary, "train_evals")
     return run_dir, summary
@@ -131,7 +108,7 @@ def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
 
 def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
     if "task" in summary.columns:
-        grade.print_summary(summary, run_dir)
+        tasks.print_summary(summary, run_dir)
         return
     row = summary.iloc[0]
     shown = pd.DataFrame(

@@ -15,10 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from esr_lab import tasks
-from esr_lab.console import print_table
 from esr_lab.data import LOCAL_SUFFIXES, read_table_file
 from esr_lab.errors import UserError
-from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
+from esr_lab.records import open_run
 
 ID_COLUMNS = ("problem_id", "task_id", "id")
 RESPONSE_COLUMNS = ("response", "completion")
@@ -71,20 +70,6 @@ def check_ids(samples: pd.DataFrame, problems: list, dataset: str) -> None:
         )
 
 
-def write_graded(
-    run_dir: RunDir, task: str, dataset: str, samples: pd.DataFrame, problems: list
-) -> pd.DataFrame:
-    """Grade, write samples.parquet and summary.parquet; returns the one-row summary."""
-    graded = tasks.grade(task, samples, problems)
-    graded.insert(0, "run_id", run_dir.run_id)
-    write_table(run_dir.path / "samples.parquet", graded, f"graded_{task}")
-    row = {"run_id": run_dir.run_id, "task": task, "dataset": dataset}
-    summary = pd.DataFrame([{**row, **tasks.metrics(task, graded)}])
-    summary = summary.reindex(columns=list(SCHEMAS["grade_summary"]))
-    write_table(run_dir.path / "summary.parquet", summary, "grade_summary")
-    return summary
-
-
 def run(cfg: GradeConfig, results_dir: Path = Path("results"), run_id: str | None = None):
     """Read, check, grade and summarise the responses; returns the run folder and summary."""
     task = tasks.get_task(cfg.task)
@@ -93,16 +78,7 @@ def run(cfg: GradeConfig, results_dir: Path = Path("results"), run_id: str | Non
     problems = tasks.load_task_problems(cfg.task, dataset)
     check_ids(samples, problems, dataset)
     run_dir = open_run(results_dir, "grade", dict(asdict(cfg), dataset=dataset), run_id)
-    return run_dir, write_graded(run_dir, cfg.task, dataset, samples, problems)
+    return run_dir, tasks.write_graded(run_dir, cfg.task, dataset, samples, problems)
 
 
-def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
-    """Percentages of the metrics this task has, and the counts."""
-    row = summary.iloc[0]
-    shown = {"task": row.task, "dataset": Path(str(row.dataset)).name}
-    names = {"accuracy": "accuracy %", "name_match": "name match %", "full_match": "full match %"}
-    if row.k > 1:
-        names |= {"pass_at_k": f"pass@{int(row.k)} %", "maj_at_k": f"maj@{int(row.k)} %"}
-    shown |= {label: row[key] * 100 for key, label in names.items() if pd.notna(row[key])}
-    shown |= {"problems": int(row.n_problems), "samples": int(row.n_samples)}
-    print_table(pd.DataFrame([shown]), f"Grades, run {run_dir.run_id}")
+print_summary = tasks.print_summary  # the grades table, shared with `esr-lab eval`

@@ -22,7 +22,6 @@ import pandas as pd
 from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
-from esr_lab.errors import UserError
 from esr_lab.figures import MIN_BIN_SHARE, plot_positions, reached_bins
 from esr_lab.records import RunDir, open_run, write_table
 
@@ -39,11 +38,6 @@ class PositionsConfig:
     batch_size: int = 64
 
 
-def check_rollouts(rollouts: int) -> None:
-    if rollouts < 1:
-        raise UserError(f"--rollouts must be at least 1, got {rollouts}")
-
-
 def run(
     cfg: PositionsConfig,
     results_dir: Path = Path("results"),
@@ -52,7 +46,7 @@ def run(
     show_progress: bool = True,
 ) -> tuple[RunDir, pd.DataFrame]:
     """Scan, bin, write bins.parquet and the figure; returns the run and its bins."""
-    check_rollouts(cfg.rollouts)
+    analysis.check_rollouts(cfg.rollouts)
     analysis.check_bin_width(cfg.bin_width)
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
@@ -60,20 +54,10 @@ def run(
     scan = analysis.scan(
         student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
     )
-    bins = tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
+    bins = analysis.tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
     plot_positions(bins, [figures_dir / "positions.png", run_dir.path / "positions.png"])
     return run_dir, bins
-
-
-def tagged_bins(
-    tokens: pd.DataFrame, width: int, model: str, window: int, run_id: str
-) -> pd.DataFrame:
-    """`analysis.position_bins` with the columns of the position_bins table."""
-    bins = analysis.position_bins(tokens, width)
-    return bins.assign(run_id=run_id, model=model, window=window)[
-        ["run_id", "model", "window", "bin_start", "bin_end", "tokens", *analysis.STAT_COLUMNS]
-    ]
 
 
 def print_summary(bins: pd.DataFrame, run_dir: RunDir) -> None:

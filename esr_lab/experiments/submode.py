@@ -24,9 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from esr_lab import analysis
+from esr_lab.adapters import check_checkpoint, trained_adapter, trained_policy
 from esr_lab.console import print_table
-from esr_lab.experiments.cascade import check_checkpoint, trained_adapter, trained_policy
-from esr_lab.experiments.positions import check_rollouts
 from esr_lab.figures import plot_submode
 from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
 from esr_lab.train import TrainConfig
@@ -46,7 +45,7 @@ class SubmodeConfig:
 
     def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
         """Each trained student's config and given checkpoint, checked."""
-        check_rollouts(self.rollouts)
+        analysis.check_rollouts(self.rollouts)
         analysis.check_share("--top-fraction", self.top_fraction)
         esr = replace(self.base, selector="first_n").resolved()
         full = replace(self.base, selector="all", n=None).resolved()

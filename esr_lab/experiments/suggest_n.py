@@ -20,7 +20,6 @@ import pandas as pd
 from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
-from esr_lab.experiments.positions import check_rollouts
 from esr_lab.figures import plot_suggest_n
 from esr_lab.records import RunDir, open_run, write_table
 
@@ -46,7 +45,7 @@ def run(
     show_progress: bool = True,
 ) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
     """Scan, write the cumulative curve and the suggested N; returns run, curve and summary."""
-    check_rollouts(cfg.rollouts)
+    analysis.check_rollouts(cfg.rollouts)
     analysis.check_share("--threshold", cfg.threshold)
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
@@ -67,7 +66,7 @@ def run(
         }
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
-    plot_suggest_n(curve, [figures_dir / "suggest_n.png", run_dir.path / "suggest_n.png"])
+    plot_suggest_n(curve, summary, [figures_dir / "suggest_n.png", run_dir.path / "suggest_n.png"])
     return run_dir, curve, summary
 
 

@@ -26,7 +26,6 @@ from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.positions import check_rollouts
 from esr_lab.figures import plot_tokens
 from esr_lab.records import RunDir, open_run, write_table
 
@@ -47,7 +46,7 @@ class TokensConfig:
     batch_size: int = 64
 
     def check(self) -> None:
-        check_rollouts(self.rollouts)
+        analysis.check_rollouts(self.rollouts)
         analysis.check_edges(self.edges)
         analysis.compile_categories(self.categories)
         if self.min_count < 1 or self.top < 1:

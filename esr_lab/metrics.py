@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from scipy import stats
@@ -15,9 +16,11 @@ from scipy import stats
 from esr_lab import grading
 from esr_lab.config import Sampling
 from esr_lab.data import Problem
-from esr_lab.policy import Policy
 from esr_lab.prompts import PromptStyle
 from esr_lab.seeding import row_seed
+
+if TYPE_CHECKING:
+    from esr_lab.policy import Policy
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

@@ -1,0 +1,44 @@
+"""Layering: experiments share code through the core (or experiments/common.py), never through
+one another, and the core never reaches into an experiment."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import esr_lab
+
+PACKAGE = Path(esr_lab.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports; `from a import b` counts as a and as a.b (b may be one)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_no_experiment_imports_another():
+    shared = {"esr_lab.experiments.common"}
+    for path in sorted((PACKAGE / "experiments").glob("*.py")):
+        own = f"esr_lab.experiments.{path.stem}"
+        experiments = {
+            ".".join(name.split(".")[:3])
+            for name in imported_modules(path)
+            if name.startswith("esr_lab.experiments.")
+        }
+        others = experiments - shared - {own}
+        assert not others, f"{path.name} imports {sorted(others)}"
+
+
+def test_core_never_imports_an_experiment():
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "cli.py":  # the commands run the experiments
+            continue
+        found = {n for n in imported_modules(path) if n.startswith("esr_lab.experiments")}
+        assert not found, f"{path.name} imports {sorted(found)}"
