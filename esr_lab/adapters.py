@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from esr_lab.errors import UserError
-from esr_lab.models import resolve_model_source
-from esr_lab.policy import Policy, load_policy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the model code loads only when an adapter is checked or loaded
     from esr_lab.config import ModelPair
+    from esr_lab.policy import Policy
     from esr_lab.train import TrainConfig
 
 
@@ -53,6 +52,8 @@ def check_checkpoint(adapter: str | None, cfg: TrainConfig, option: str) -> None
     check_adapter(adapter)
     config = json.loads((Path(adapter) / "adapter_config.json").read_text())
     trained_on = str(config.get("base_model_name_or_path"))
+    from esr_lab.models import resolve_model_source
+
     student = resolve_model_source(cfg.pair.student)
     if _canonical(trained_on) != _canonical(student):
         raise UserError(
@@ -80,6 +81,8 @@ def trained_adapter(
 
 def trained_policy(pair: ModelPair, adapter: str, batch_size: int) -> Policy:
     """The student with a LoRA adapter on top."""
+    from esr_lab.policy import load_policy
+
     policy = load_policy(pair.student, pair, batch_size)
     load_adapter(policy, adapter)
     return policy

@@ -20,49 +20,90 @@ Command: esr-lab cascade --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from esr_lab import analysis
 from esr_lab.adapters import check_checkpoint, load_adapter, trained_adapter
 from esr_lab.console import print_table
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_cascade
-from esr_lab.records import RunDir, open_run, write_table
-from esr_lab.train import TrainConfig
+from esr_lab.options import (
+    BinWidth,
+    EsrCheckpoint,
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    ScanDataset,
+    ScanRollouts,
+    TrainOptions,
+    Window,
+    default_train_config,
+    settings,
+)
+from esr_lab.records import declare, open_run, write_table
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
+
+
+SCHEMAS = declare(
+    {"cascade_summary": ("run_id", "region", "window", "base_kl", "trained_kl", "closed_pct")}
+)
 
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    base: TrainConfig = field(default_factory=TrainConfig)  # pair, sampling, seed, N, training
+    base: TrainConfig = field(
+        default_factory=default_train_config
+    )  # pair, sampling, seed, N, training
     esr_checkpoint: str | None = None
     dataset: str | None = None  # None: the toy world's training prompts, else math500
     rollouts: int = 1000
     bin_width: int = 50
     batch_size: int = 64
 
-    def check(self) -> None:
+    def resolved(self) -> CascadeConfig:
         analysis.check_rollouts(self.rollouts)
         analysis.check_bin_width(self.bin_width)
         esr = replace(self.base, selector="first_n").resolved()
         check_checkpoint(self.esr_checkpoint, esr, "--esr-checkpoint")
+        return self
 
 
-def run(
-    cfg: CascadeConfig,
-    results_dir: Path = Path("results"),
-    figures_dir: Path = Path("figures"),
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame]:
+@dataclass
+class Options:
+    n: Window = None
+    esr_checkpoint: EsrCheckpoint = None
+    dataset: ScanDataset = None
+    rollouts: ScanRollouts = None
+    bin_width: BinWidth = None
+
+
+def configure(options: Options, given: Given) -> CascadeConfig:
+    given_values = {"rollouts": options.rollouts, "bin_width": options.bin_width}
+    values = settings("cascade", given.models.student, given_values, given.train.preset)
+    return CascadeConfig(
+        base=given.train.config(given, n=options.n, selector="first_n"),
+        esr_checkpoint=options.esr_checkpoint,
+        dataset=options.dataset,
+        **values,
+    )
+
+
+def run(cfg: CascadeConfig, paths: Paths) -> Result:
     """Train (or take) ESR, scan base and trained students, bin, summarise, plot."""
-    cfg.check()
+    cfg = cfg.resolved()
+    results_dir, show_progress = paths.results_dir, paths.show_progress
     esr_cfg = replace(cfg.base, selector="first_n")
     adapter = trained_adapter(esr_cfg, cfg.esr_checkpoint, results_dir, show_progress)
     pair, window = cfg.base.pair, cfg.base.n
     problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "cascade", dict(asdict(cfg), esr_adapter=adapter), run_id)
+    config = dict(asdict(cfg), esr_adapter=adapter)
+    run_dir = open_run(results_dir, "cascade", config, paths.run_id)
     frames = []
     for model in ("base", "esr"):
         if model == "esr":
@@ -85,11 +126,13 @@ def run(
     summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
-    plot_cascade(bins, summary, [figures_dir / "cascade.png", run_dir.path / "cascade.png"])
-    return run_dir, summary
+    figure = paths.figures_dir / "cascade.png"
+    plot_cascade(bins, summary, [figure, run_dir.path / "cascade.png"])
+    return Result(run_dir, {"bins": bins, "summary": summary}, figure)
 
 
-def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
+def print_summary(result: Result) -> None:
+    summary, run_dir = result.tables["summary"], result.run_dir
     window = int(summary.window.iloc[0])
     shown = pd.DataFrame(
         {
@@ -104,3 +147,20 @@ def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
     print_table(
         shown, f"Cascade: KL to the teacher before and after ESR-{window}, run {run_dir.run_id}"
     )
+
+
+EXPERIMENT = Experiment(
+    command="cascade",
+    folder="cascade",
+    help="Finding 5: per-position KL before and after ESR training; the gap closed past N.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("cascade.png", ("bins.parquet", "summary.parquet"), plot_cascade),
+    schemas=SCHEMAS,
+    order=120,
+    finding="5 cascade",
+    step=7,
+)

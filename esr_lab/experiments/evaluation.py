@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
@@ -22,10 +23,13 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.models import check_models
-from esr_lab.policy import Policy, load_policy
+from esr_lab.experiments.registry import Experiment, Paths, Result
+from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, opt
 from esr_lab.prompts import DEFAULT_INSTRUCTION
-from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
+from esr_lab.records import SCHEMAS, open_run, write_table
+
+if TYPE_CHECKING:
+    from esr_lab.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -42,28 +46,64 @@ class EvalConfig:
     batch_size: int = 64
     task: str | None = None  # math, humaneval or bfcl; None: inferred from the dataset
 
+    def resolved(self) -> EvalConfig:
+        if self.samples < 1:
+            raise UserError(f"--samples must be at least 1, got {self.samples}")
+        if self.extraction not in grading.EXTRACTION_MODES:
+            raise UserError(
+                f"unknown extraction '{self.extraction}'; use {', '.join(grading.EXTRACTION_MODES)}"
+            )
+        if self.adapter:
+            check_adapter(self.adapter)
+        return self
 
-def run(cfg: EvalConfig, results_dir: Path = Path("results"), run_id: str | None = None):
+
+@dataclass
+class Options:
+    model: Annotated[str, opt("Model to evaluate: hub id, folder or toy name.")] = "toy-student"
+    adapter: Annotated[str | None, opt("LoRA adapter folder from esr-lab train.")] = None
+    dataset: Annotated[str | None, opt("Eval set [default: math500 / toy test].")] = None
+    limit: Annotated[int | None, opt("Use the first N problems.", min=1)] = None
+    samples: Annotated[int, opt("Samples per problem (k).")] = 4
+    extraction: Annotated[str, opt("last_boxed, first_boxed or relaxed.")] = "last_boxed"
+    task: Annotated[str | None, opt("math, humaneval or bfcl [default: from the dataset].")] = None
+
+
+def configure(options: Options, given: Given) -> EvalConfig:
+    return EvalConfig(
+        model=options.model,
+        adapter=options.adapter,
+        pair=given.pair(),
+        dataset=options.dataset,
+        limit=options.limit,
+        samples=options.samples,
+        sampling=given.sampling_for(options.model),
+        extraction=options.extraction,
+        seed=given.run.seed,
+        task=options.task,
+    )
+
+
+def run(cfg: EvalConfig, paths: Paths) -> Result:
     """Sample, grade, summarise; returns the run folder and a one-row summary."""
-    if cfg.samples < 1:
-        raise UserError(f"--samples must be at least 1, got {cfg.samples}")
-    if cfg.extraction not in grading.EXTRACTION_MODES:
-        raise UserError(
-            f"unknown extraction '{cfg.extraction}'; use {', '.join(grading.EXTRACTION_MODES)}"
-        )
-    if cfg.adapter:
-        check_adapter(cfg.adapter)
+    from esr_lab.models import check_models
+
+    cfg = cfg.resolved()
     check_models(cfg.model)
     if cfg.task is not None:
         tasks.get_task(cfg.task)
     task = cfg.task or tasks.task_for_dataset(cfg.dataset or default_dataset(cfg.model))
     if task == "math":
-        return _run_math(cfg, results_dir, run_id)
-    return _run_task(cfg, task, results_dir, run_id)
+        run_dir, summary = _run_math(cfg, paths.results_dir, paths.run_id)
+    else:
+        run_dir, summary = _run_task(cfg, task, paths.results_dir, paths.run_id)
+    return Result(run_dir, {"summary": summary})
 
 
 def _policy(cfg: EvalConfig) -> Policy:
     """The model, with the trained adapter when there is one."""
+    from esr_lab.policy import load_policy
+
     policy = load_policy(cfg.model, cfg.pair, cfg.batch_size)
     if cfg.adapter:
         load_adapter(policy, cfg.adapter)
@@ -106,7 +146,8 @@ def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
     return run_dir, summary
 
 
-def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
+def print_summary(result: Result) -> None:
+    summary, run_dir = result.tables["summary"], result.run_dir
     if "task" in summary.columns:
         tasks.print_summary(summary, run_dir)
         return
@@ -125,3 +166,16 @@ def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
         ]
     )
     print_table(shown, f"Evaluation, run {run_dir.run_id}")
+
+
+EXPERIMENT = Experiment(
+    command="eval",
+    folder="eval",
+    help="avg@k, pass@k and maj@k of a model (and adapter) on a dataset.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    order=30,
+)

@@ -15,15 +15,26 @@ Command: esr-lab positions --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-import pandas as pd
+from typing import Annotated
 
 from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import MIN_BIN_SHARE, plot_positions, reached_bins
-from esr_lab.records import RunDir, open_run, write_table
+from esr_lab.options import (
+    BinWidth,
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    ScanDataset,
+    ScanPreset,
+    ScanRollouts,
+    opt,
+    settings,
+)
+from esr_lab.records import open_run, write_table
 
 
 @dataclass(frozen=True)
@@ -37,31 +48,60 @@ class PositionsConfig:
     seed: int = 0
     batch_size: int = 64
 
+    def resolved(self) -> PositionsConfig:
+        analysis.check_rollouts(self.rollouts)
+        analysis.check_bin_width(self.bin_width)
+        return self
 
-def run(
-    cfg: PositionsConfig,
-    results_dir: Path = Path("results"),
-    figures_dir: Path = Path("figures"),
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame]:
+
+@dataclass
+class Options:
+    dataset: ScanDataset = None
+    rollouts: ScanRollouts = None
+    bin_width: BinWidth = None
+    window: Annotated[int | None, opt("ESR window to shade [default: the preset's N].")] = None
+    preset: ScanPreset = None
+
+
+def configure(options: Options, given: Given) -> PositionsConfig:
+    student = given.models.student
+    given_values = {"rollouts": options.rollouts, "bin_width": options.bin_width}
+    values = settings("positions", student, given_values, options.preset)
+    window = options.window or settings("train", student, {}, options.preset).get("n")
+    return PositionsConfig(
+        pair=given.pair(),
+        sampling=given.sampling_for(),
+        dataset=options.dataset,
+        seed=given.run.seed,
+        **values,
+        **({"window": window} if window else {}),
+    )
+
+
+def run(cfg: PositionsConfig, paths: Paths) -> Result:
     """Scan, bin, write bins.parquet and the figure; returns the run and its bins."""
-    analysis.check_rollouts(cfg.rollouts)
-    analysis.check_bin_width(cfg.bin_width)
+    cfg = cfg.resolved()
+    results_dir, figures_dir, show_progress = (
+        paths.results_dir,
+        paths.figures_dir,
+        paths.show_progress,
+    )
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "positions", asdict(cfg), run_id)
+    run_dir = open_run(results_dir, "positions", asdict(cfg), paths.run_id)
     scan = analysis.scan(
         student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
     )
     bins = analysis.tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
-    plot_positions(bins, [figures_dir / "positions.png", run_dir.path / "positions.png"])
-    return run_dir, bins
+    figure = figures_dir / "positions.png"
+    plot_positions(bins, [figure, run_dir.path / "positions.png"])
+    return Result(run_dir, {"bins": bins}, figure)
 
 
-def print_summary(bins: pd.DataFrame, run_dir: RunDir) -> None:
+def print_summary(result: Result) -> None:
     """The bins most rollouts reach; the sparse tail stays in bins.parquet."""
+    bins, run_dir = result.tables["bins"], result.run_dir
     shown = reached_bins(bins)
     shown = shown.assign(
         positions=[f"{s}-{e - 1}" for s, e in zip(shown.bin_start, shown.bin_end, strict=True)]
@@ -71,3 +111,19 @@ def print_summary(bins: pd.DataFrame, run_dir: RunDir) -> None:
     if len(shown) < len(bins):
         hidden = len(bins) - len(shown)
         print(f"({hidden} bins reached by under {MIN_BIN_SHARE:.0%} of rollouts not shown)")
+
+
+EXPERIMENT = Experiment(
+    command="positions",
+    folder="positions",
+    help="Finding 4: per-position reverse KL, student and teacher entropy of student rollouts.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("positions.png", ("bins.parquet",), plot_positions),
+    order=90,
+    finding="4 per-position KL",
+    step=2,
+)

@@ -1,6 +1,7 @@
 """`esr-lab reproduce`: every experiment of the paper, in order, on one pair.
 
-Each step is the ordinary subcommand with a fixed run id (`reproduce-<preset>`), so a killed
+The steps are the registry's experiments that name a paper finding, in their `step` order. Each
+step is the ordinary experiment with a fixed run id (`reproduce-<preset>`), so a killed
 reproduction resumes where it stopped: finished steps are rebuilt from their saved parts, and
 the training runs behind `sweep-n`, `select`, `cascade` and `submode` are shared through
 their content-addressed folders under `results/runs/`, so each is trained once.
@@ -17,49 +18,37 @@ import pandas as pd
 
 from esr_lab.console import console, print_table
 from esr_lab.errors import UserError
-
-# (step, paper finding) in the order they run: cheap scans first, then training.
-STEPS: tuple[tuple[str, str], ...] = (
-    ("decay", "1 teacher decay"),
-    ("positions", "4 per-position KL"),
-    ("suggest-n", "10 choosing N"),
-    ("tokens", "11 token categories"),
-    ("sweep-n", "3 N sweep"),
-    ("select", "6 token selection"),
-    ("cascade", "5 cascade"),
-    ("submode", "7 sub-mode commitment"),
-    ("profile", "8 efficiency"),
-    ("ablate", "9 collapse: recipe ablation"),
-)
+from esr_lab.experiments.registry import Experiment
 
 
-def pick_steps(only: str | None) -> list[tuple[str, str]]:
+def pick_steps(only: str | None, steps: Sequence[Experiment]) -> list[Experiment]:
     """All steps, or the comma-separated subset named by --only (kept in run order)."""
     if not only:
-        return list(STEPS)
+        return list(steps)
     wanted = {name.strip() for name in only.split(",") if name.strip()}
-    unknown = wanted - {name for name, _ in STEPS}
+    unknown = wanted - {step.command for step in steps}
     if unknown or not wanted:
         raise UserError(
             f"--only names unknown steps {sorted(unknown)}; choose from "
-            f"{', '.join(name for name, _ in STEPS)}"
+            f"{', '.join(step.command for step in steps)}"
         )
-    return [step for step in STEPS if step[0] in wanted]
+    return [step for step in steps if step.command in wanted]
 
 
-def run(steps: Sequence[tuple[str, str]], invoke: Callable[[str], None]) -> pd.DataFrame:
+def run(steps: Sequence[Experiment], invoke: Callable[[Experiment], None]) -> pd.DataFrame:
     """Run each step through `invoke(step)`, with an overall progress header and timing table."""
     started, rows = time.time(), []
-    for index, (name, finding) in enumerate(steps, start=1):
+    for index, step in enumerate(steps, start=1):
         elapsed = time.time() - started
         eta = elapsed / (index - 1) * (len(steps) - index + 1) if index > 1 else float("nan")
         console.rule(
-            f"[bold]reproduce {index}/{len(steps)}: {name}[/] (finding {finding}) - "
+            f"[bold]reproduce {index}/{len(steps)}: {step.command}[/] (finding {step.finding}) - "
             f"elapsed {elapsed / 60:.1f} min, remaining ~{eta / 60:.0f} min"
         )
         step_start = time.time()
-        invoke(name)
-        rows.append({"step": name, "finding": finding, "minutes": (time.time() - step_start) / 60})
+        invoke(step)
+        minutes = (time.time() - step_start) / 60
+        rows.append({"step": step.command, "finding": step.finding, "minutes": minutes})
     table = pd.DataFrame(rows)
     print_table(table, f"Reproduction finished in {(time.time() - started) / 60:.1f} min")
     return table

@@ -19,23 +19,63 @@ Command: esr-lab submode --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
 from esr_lab import analysis
 from esr_lab.adapters import check_checkpoint, trained_adapter, trained_policy
 from esr_lab.console import print_table
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_submode
-from esr_lab.records import SCHEMAS, RunDir, open_run, write_table
-from esr_lab.train import TrainConfig
+from esr_lab.options import (
+    EsrCheckpoint,
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    ScanDataset,
+    ScanRollouts,
+    TrainOptions,
+    Window,
+    default_train_config,
+    opt,
+    settings,
+)
+from esr_lab.records import declare, open_run, write_table
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
 
 MODELS = ("base", "teacher", "full", "esr")  # the paper's row order
 
 
+SCHEMAS = declare(
+    {
+        "submode_summary": (
+            "run_id",
+            "model",
+            "rollouts",
+            "positions",
+            "kl_threshold",
+            "top1_prob",
+            "teacher_top1_pct",
+            "teacher_top2_5_pct",
+            "outside_top5_pct",
+            "length_p10",
+            "length_p50",
+            "length_p90",
+            "length_mean",
+        ),
+    }
+)
+
+
 @dataclass(frozen=True)
 class SubmodeConfig:
-    base: TrainConfig = field(default_factory=TrainConfig)  # pair, sampling, seed, N, training
+    base: TrainConfig = field(
+        default_factory=default_train_config
+    )  # pair, sampling, seed, N, training
     esr_checkpoint: str | None = None
     full_checkpoint: str | None = None
     dataset: str | None = None  # None: the toy world's training prompts, else math500
@@ -43,26 +83,55 @@ class SubmodeConfig:
     top_fraction: float = 0.1
     batch_size: int = 64
 
-    def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
-        """Each trained student's config and given checkpoint, checked."""
+    def resolved(self) -> SubmodeConfig:
         analysis.check_rollouts(self.rollouts)
         analysis.check_share("--top-fraction", self.top_fraction)
-        esr = replace(self.base, selector="first_n").resolved()
-        full = replace(self.base, selector="all", n=None).resolved()
-        check_checkpoint(self.esr_checkpoint, esr, "--esr-checkpoint")
-        check_checkpoint(self.full_checkpoint, full, "--full-checkpoint")
+        trainings = {name: (c.resolved(), given) for name, (c, given) in self.trainings().items()}
+        for name in ("esr", "full"):  # the order the options are listed in
+            train_cfg, checkpoint = trainings[name]
+            check_checkpoint(checkpoint, train_cfg, f"--{name}-checkpoint")
+        return self
+
+    def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
+        """Each trained student's config and given checkpoint."""
+        esr = replace(self.base, selector="first_n")
+        full = replace(self.base, selector="all", n=None)
         return {"full": (full, self.full_checkpoint), "esr": (esr, self.esr_checkpoint)}
 
 
-def run(
-    cfg: SubmodeConfig,
-    results_dir: Path = Path("results"),
-    figures_dir: Path = Path("figures"),
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame]:
+@dataclass
+class Options:
+    n: Window = None
+    esr_checkpoint: EsrCheckpoint = None
+    full_checkpoint: Annotated[
+        str | None, opt("Full-OPD adapter folder from esr-lab train --full [default: train].")
+    ] = None
+    dataset: ScanDataset = None
+    rollouts: ScanRollouts = None
+    top_fraction: Annotated[float, opt("Share of highest-KL positions examined.")] = 0.1
+
+
+def configure(options: Options, given: Given) -> SubmodeConfig:
+    values = settings(
+        "submode", given.models.student, {"rollouts": options.rollouts}, given.train.preset
+    )
+    return SubmodeConfig(
+        base=given.train.config(given, n=options.n, selector="first_n"),
+        esr_checkpoint=options.esr_checkpoint,
+        full_checkpoint=options.full_checkpoint,
+        dataset=options.dataset,
+        top_fraction=options.top_fraction,
+        **values,
+    )
+
+
+def run(cfg: SubmodeConfig, paths: Paths) -> Result:
     """Train (or take) both students, scan each, measure teacher lengths; one summary row each."""
-    trainings = cfg.trainings()
+    cfg = cfg.resolved()
+    results_dir, show_progress = paths.results_dir, paths.show_progress
+    trainings = {
+        name: (train_cfg.resolved(), given) for name, (train_cfg, given) in cfg.trainings().items()
+    }
     adapters = {
         name: trained_adapter(train_cfg, given, results_dir, show_progress)
         for name, (train_cfg, given) in trainings.items()
@@ -70,7 +139,7 @@ def run(
     pair, sampling, seed = cfg.base.pair, cfg.base.sampling, cfg.base.seed
     problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "submode", dict(asdict(cfg), adapters=adapters), run_id)
+    run_dir = open_run(results_dir, "submode", dict(asdict(cfg), adapters=adapters), paths.run_id)
     students = {"base": student}
     students.update({n: trained_policy(pair, a, cfg.batch_size) for n, a in adapters.items()})
     rows = {}
@@ -95,12 +164,18 @@ def run(
     summary = summary.assign(run_id=run_dir.run_id, rollouts=cfg.rollouts)
     summary = summary[list(SCHEMAS["submode_summary"])]
     write_table(run_dir.path / "summary.parquet", summary, "submode_summary")
-    plot_submode(summary, [figures_dir / "submode.png", run_dir.path / "submode.png"])
-    return run_dir, summary
+    figure = paths.figures_dir / "submode.png"
+    plot_submode(summary, [figure, run_dir.path / "submode.png"])
+    return Result(run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction})
 
 
-def print_summary(summary: pd.DataFrame, run_dir: RunDir, fraction: float) -> None:
+def print_summary(result: Result) -> None:
     """Finding 7's two tables: commitment on the top-KL positions, and response lengths."""
+    summary, run_dir, fraction = (
+        result.tables["summary"],
+        result.run_dir,
+        result.facts["top_fraction"],
+    )
     students = summary[summary.positions.notna()]
     print_table(
         pd.DataFrame(
@@ -121,3 +196,20 @@ def print_summary(summary: pd.DataFrame, run_dir: RunDir, fraction: float) -> No
         lengths.set_axis(["model", "p10", "p50", "p90", "mean"], axis=1),
         "Response length (tokens)",
     )
+
+
+EXPERIMENT = Experiment(
+    command="submode",
+    folder="submode",
+    help="Finding 7: sub-mode commitment on top-KL positions, and response lengths, per model.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("submode.png", ("summary.parquet",), plot_submode),
+    schemas=SCHEMAS,
+    order=130,
+    finding="7 sub-mode commitment",
+    step=8,
+)

@@ -13,17 +13,44 @@ Command: esr-lab suggest-n --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 
 from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_suggest_n
-from esr_lab.records import RunDir, open_run, write_table
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    ScanDataset,
+    ScanPreset,
+    ScanRollouts,
+    opt,
+    settings,
+)
+from esr_lab.records import declare, open_run, write_table
 
 SHOWN_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+SCHEMAS = declare(
+    {
+        "cumulative_kl": (
+            "run_id",
+            "position",
+            "tokens",
+            "mean_kl",
+            "cumulative_share",
+            "threshold",
+        ),
+        "suggest_n": ("run_id", "threshold", "n", "rollouts", "mean_length"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -36,20 +63,39 @@ class SuggestConfig:
     seed: int = 0
     batch_size: int = 64
 
+    def resolved(self) -> SuggestConfig:
+        analysis.check_rollouts(self.rollouts)
+        analysis.check_share("--threshold", self.threshold)
+        return self
 
-def run(
-    cfg: SuggestConfig,
-    results_dir: Path = Path("results"),
-    figures_dir: Path = Path("figures"),
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
+
+@dataclass
+class Options:
+    dataset: ScanDataset = None
+    rollouts: ScanRollouts = None
+    threshold: Annotated[float | None, opt("Share of the total KL the window holds.")] = None
+    preset: ScanPreset = None
+
+
+def configure(options: Options, given: Given) -> SuggestConfig:
+    given_values = {"rollouts": options.rollouts, "threshold": options.threshold}
+    values = settings("suggest_n", given.models.student, given_values, options.preset)
+    return SuggestConfig(
+        pair=given.pair(),
+        sampling=given.sampling_for(),
+        dataset=options.dataset,
+        seed=given.run.seed,
+        **values,
+    )
+
+
+def run(cfg: SuggestConfig, paths: Paths) -> Result:
     """Scan, write the cumulative curve and the suggested N; returns run, curve and summary."""
-    analysis.check_rollouts(cfg.rollouts)
-    analysis.check_share("--threshold", cfg.threshold)
+    cfg = cfg.resolved()
+    show_progress = paths.show_progress
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "suggest_n", asdict(cfg), run_id)
+    run_dir = open_run(paths.results_dir, "suggest_n", asdict(cfg), paths.run_id)
     scan = analysis.scan(
         student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
     )
@@ -66,12 +112,14 @@ def run(
         }
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
-    plot_suggest_n(curve, summary, [figures_dir / "suggest_n.png", run_dir.path / "suggest_n.png"])
-    return run_dir, curve, summary
+    figure = paths.figures_dir / "suggest_n.png"
+    plot_suggest_n(curve, summary, [figure, run_dir.path / "suggest_n.png"])
+    return Result(run_dir, {"curve": curve, "summary": summary}, figure)
 
 
-def print_summary(curve: pd.DataFrame, summary: pd.DataFrame, run_dir: RunDir) -> None:
+def print_summary(result: Result) -> None:
     """The curve at round shares, with the suggested N's row marked."""
+    curve, summary, run_dir = result.tables["curve"], result.tables["summary"], result.run_dir
     n = int(summary.n.iloc[0])
     rows = [analysis.pick_n(curve, share) for share in SHOWN_SHARES]
     shown = curve.set_index(curve.position + 1).loc[sorted({*rows, n})]
@@ -90,3 +138,20 @@ def print_summary(curve: pd.DataFrame, summary: pd.DataFrame, run_dir: RunDir) -
         f"suggested N = {n}: the first {n} positions hold {row.threshold * 100:.0f}% of the "
         f"trajectory's KL ({int(row.rollouts)} rollouts, mean length {row.mean_length:.0f} tokens)"
     )
+
+
+EXPERIMENT = Experiment(
+    command="suggest-n",
+    folder="suggest_n",
+    help="Finding 10: pick N where the first N positions hold 45% of the rollouts' KL.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_suggest_n),
+    schemas=SCHEMAS,
+    order=100,
+    finding="10 choosing N",
+    step=3,
+)

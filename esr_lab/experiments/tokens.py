@@ -17,19 +17,46 @@ Command: esr-lab tokens --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import pandas as pd
+from typing import Annotated
 
 from esr_lab import analysis
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_tokens
-from esr_lab.records import RunDir, open_run, write_table
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    ScanDataset,
+    ScanPreset,
+    ScanRollouts,
+    int_list,
+    opt,
+    settings,
+)
+from esr_lab.records import declare, open_run, write_table
 
 PAPER_EDGES = (0, 5, 20, 50, 100, 200)
+
+
+SCHEMAS = declare(
+    {
+        "token_categories": (
+            "run_id",
+            "category",
+            "position_bin",
+            "bin_start",
+            "tokens",
+            "mean_kl",
+        ),
+        "top_kl_tokens": ("run_id", "rank", "token", "token_id", "count", "mean_kl"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +72,7 @@ class TokensConfig:
     seed: int = 0
     batch_size: int = 64
 
-    def check(self) -> None:
+    def resolved(self) -> TokensConfig:
         analysis.check_rollouts(self.rollouts)
         analysis.check_edges(self.edges)
         analysis.compile_categories(self.categories)
@@ -53,6 +80,7 @@ class TokensConfig:
             raise UserError(
                 f"--min-count and --top must be at least 1, got {self.min_count} and {self.top}"
             )
+        return replace(self, edges=tuple(self.edges))
 
 
 def read_categories(path: Path) -> dict[str, str]:
@@ -66,15 +94,39 @@ def read_categories(path: Path) -> dict[str, str]:
     return table
 
 
-def run(
-    cfg: TokensConfig,
-    results_dir: Path = Path("results"),
-    figures_dir: Path = Path("figures"),
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame, pd.DataFrame]:
+@dataclass
+class Options:
+    dataset: ScanDataset = None
+    rollouts: ScanRollouts = None
+    edges: Annotated[str | None, opt("Position bin edges [paper: 0,5,20,50,100,200].")] = None
+    min_count: Annotated[int | None, opt("Occurrences for a top token [paper: 50].")] = None
+    top: Annotated[int, opt("How many highest-KL tokens to list.")] = 20
+    categories: Annotated[Path | None, opt('TOML file of category = "regex" lines.')] = None
+    preset: ScanPreset = None
+
+
+def configure(options: Options, given: Given) -> TokensConfig:
+    given_values = {
+        "rollouts": options.rollouts,
+        "min_count": options.min_count,
+        "edges": int_list(options.edges or None, "--edges"),
+        "categories": read_categories(options.categories) if options.categories else None,
+    }
+    values = settings("tokens", given.models.student, given_values, options.preset)
+    return TokensConfig(
+        pair=given.pair(),
+        sampling=given.sampling_for(),
+        dataset=options.dataset,
+        top=options.top,
+        seed=given.run.seed,
+        **values,
+    )
+
+
+def run(cfg: TokensConfig, paths: Paths) -> Result:
     """Scan, then tabulate categories x bins and the top tokens; returns run, cells, top."""
-    cfg.check()
+    cfg = cfg.resolved()
+    results_dir, run_id, show_progress = paths.results_dir, paths.run_id, paths.show_progress
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
     run_dir = open_run(results_dir, "tokens", asdict(cfg), run_id)
@@ -89,14 +141,35 @@ def run(
     top = analysis.top_tokens(scan.tokens, texts, cfg.min_count, cfg.top)
     top.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "top_tokens.parquet", top, "top_kl_tokens")
-    plot_tokens(cells, [figures_dir / "tokens.png", run_dir.path / "tokens.png"])
-    return run_dir, cells, top
+    figure = paths.figures_dir / "tokens.png"
+    plot_tokens(cells, [figure, run_dir.path / "tokens.png"])
+    tables = {"categories": cells, "top_tokens": top}
+    return Result(run_dir, tables, figure, facts={"min_count": cfg.min_count})
 
 
-def print_summary(cells: pd.DataFrame, top: pd.DataFrame, run_dir: RunDir, min_count: int):
+def print_summary(result: Result) -> None:
+    cells, top, run_dir = result.tables["categories"], result.tables["top_tokens"], result.run_dir
+    min_count = result.facts["min_count"]
     grid = cells.pivot(index="category", columns="bin_start", values="mean_kl")
     labels = cells.drop_duplicates("bin_start").set_index("bin_start").position_bin
     grid.columns = [labels[s] for s in grid.columns]
     print_table(grid.reset_index(), f"Mean reverse KL by category x position, run {run_dir.run_id}")
     shown = top.drop(columns=["run_id"]).assign(token=top.token.map(repr))
     print_table(shown, f"Top-{len(top)} highest-KL tokens (>= {min_count} occurrences)")
+
+
+EXPERIMENT = Experiment(
+    command="tokens",
+    folder="tokens",
+    help="Finding 11: mean KL by token category x position bin, and the highest-KL tokens.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("tokens.png", ("categories.parquet",), plot_tokens),
+    schemas=SCHEMAS,
+    order=110,
+    finding="11 token categories",
+    step=4,
+)
