@@ -16,8 +16,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from esr_lab.cli import ModelOptions, RunOptions, SamplingOptions, TrainOptions  # noqa: E402
 from esr_lab.experiments import profile  # noqa: E402
+from esr_lab.experiments.registry import Paths  # noqa: E402
+from esr_lab.options import (  # noqa: E402
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    TrainOptions,
+)
 
 
 def main() -> None:
@@ -31,17 +38,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU torch threads")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args()
-    models = ModelOptions(student=args.student, teacher=args.teacher)
-    run = RunOptions(results_dir=args.results_dir)
-    base = TrainOptions().config(models, SamplingOptions(max_new_tokens=args.max_new_tokens), run)
+    given = Given(
+        models=ModelOptions(student=args.student, teacher=args.teacher, threads=args.threads),
+        sampling=SamplingOptions(max_new_tokens=args.max_new_tokens),
+        run=RunOptions(results_dir=args.results_dir),
+        train=TrainOptions(),
+    )
     cfg = profile.ProfileConfig(
-        base=base,
+        base=given.train.config(given),
         ns=tuple(int(n) for n in args.ns.split(",")),
         steps=args.steps,
         warmup=args.warmup,
-        threads=args.threads,
     )
-    run_dir, summary = profile.run(cfg, args.results_dir, args.results_dir / "figures")
+    result = profile.run(cfg, Paths(args.results_dir, args.results_dir / "figures"))
+    run_dir, summary = result.run_dir, result.tables["summary"]
     ratios = summary.pivot(index="label", columns="phase", values="time_ratio")
     memory = summary.pivot(index="label", columns="phase", values="peak_ratio")
     order = sorted(ratios.index, key=lambda lab: (lab == "full", len(lab), lab))

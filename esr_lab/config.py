@@ -12,6 +12,7 @@ from esr_lab import toy
 from esr_lab.prompts import DEFAULT_INSTRUCTION, PromptStyle
 
 ENGINES = ("transformers", "vllm")
+PHASES = ("generation", "teacher", "training")  # the timed parts of a training step
 TOY_MAX_NEW_TOKENS = 400  # toy answers run 100-300 tokens
 REAL_MAX_NEW_TOKENS = 4096  # MATH-500 answers of 1.5B-8B models run to several thousand
 

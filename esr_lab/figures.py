@@ -8,7 +8,6 @@ same tables give byte-identical PNGs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -409,23 +408,6 @@ def plot_suggest_n(curve: pd.DataFrame, summary: pd.DataFrame, paths: list[Path]
     ax.legend(loc="lower right")
     fig.tight_layout()
     _save(fig, paths)
-
-
-# `esr-lab plot`: experiment folder -> (figure file, the run tables it reads, its plot function,
-# called with those tables in that order and the figure paths).
-# The paper-finding modules call the same functions when their run ends.
-FIGURES: dict[str, tuple[str, tuple[str, ...], Callable[..., None]]] = {
-    "decay": ("decay.png", ("summary.parquet",), plot_decay),
-    "sweep_n": ("sweep_n.png", ("summary.parquet",), plot_sweep_n),
-    "select": ("select.png", ("summary.parquet",), plot_select),
-    "profile": ("profile.png", ("summary.parquet",), plot_profile),
-    "positions": ("positions.png", ("bins.parquet",), plot_positions),
-    "cascade": ("cascade.png", ("bins.parquet", "summary.parquet"), plot_cascade),
-    "submode": ("submode.png", ("summary.parquet",), plot_submode),
-    "tokens": ("tokens.png", ("categories.parquet",), plot_tokens),
-    "suggest_n": ("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_suggest_n),
-    "ablate": ("ablate.png", ("ablate_evals.parquet",), plot_ablate),
-}
 
 
 def latest_run(folder: Path, *tables: str) -> Path | None:

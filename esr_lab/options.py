@@ -8,7 +8,7 @@ default (`recipes.settings`).
 
 import inspect
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -267,7 +267,10 @@ def parameters(option_classes) -> list[inspect.Parameter]:
         hints = typing.get_type_hints(cls, include_extras=True)
         params += [
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if f.default is MISSING else f.default,
+                annotation=hints[f.name],
             )
             for f in fields(cls)
         ]
@@ -282,8 +285,12 @@ def split(values: dict, own: type, groups) -> tuple[object, Given]:
 
 
 def defaults(option_classes) -> dict:
-    """Every option at its default value."""
-    return {f.name: f.default for cls in option_classes for f in fields(cls)}
+    """Every option at its default value (None for a required one)."""
+    return {
+        f.name: None if f.default is MISSING else f.default
+        for cls in option_classes
+        for f in fields(cls)
+    }
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:

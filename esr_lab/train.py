@@ -34,7 +34,13 @@ from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from esr_lab import crosstok, distributed, divergences, lean, metrics, selection, tasks
-from esr_lab.config import ModelPair, Sampling, default_dataset, default_max_new_tokens
+from esr_lab.config import (
+    PHASES,
+    ModelPair,
+    Sampling,
+    default_dataset,
+    default_max_new_tokens,
+)
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.memory import PeakMemory, peak_memory_mb
@@ -58,7 +64,6 @@ from esr_lab.toy import TOY_WORLDS
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
-PHASES = ("generation", "teacher", "training")
 LR_SCHEDULES = ("constant", "cosine")
 TEACHER_PROMPTS = ("own", "student")
 

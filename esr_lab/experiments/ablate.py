@@ -19,16 +19,30 @@ Command: esr-lab ablate --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
+from esr_lab.console import print_table
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import run_variants
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_ablate
-from esr_lab.loop import variant_run_id
-from esr_lab.records import SCHEMAS, write_table
-from esr_lab.train import TrainConfig
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    TrainOptions,
+    Window,
+    default_train_config,
+    opt,
+    settings,
+)
+from esr_lab.records import declare, write_table
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
 
 # Each difference between the recipes, by the TrainConfig / Sampling fields that carry it; its
 # value is read from the paper-code config, so a preset or option that changes it is honoured.
@@ -40,6 +54,49 @@ DIFFERENCES: dict[str, tuple[str, ...]] = {
     "teacher prompt": ("teacher_prompt",),
     "end of turn": ("stop_at_end_of_turn",),
 }
+SCHEMAS = declare(
+    {
+        "ablate_evals": (
+            "run_id",
+            "variant",
+            "recipe",
+            "difference",
+            "train_run",
+            "step",
+            "avg_at_k",
+            "avg_ci_low",
+            "avg_ci_high",
+            "relaxed_avg_at_k",
+            "first_boxed_avg_at_k",
+            "multi_boxed_pct",
+            "boxes_per_response",
+            "repetitive_pct",
+            "mean_tokens",
+        ),
+        "ablate_summary": (
+            "run_id",
+            "variant",
+            "recipe",
+            "difference",
+            "base_avg_at_k",
+            "best_step",
+            "best_avg_at_k",
+            "best_ci_low",
+            "best_ci_high",
+            "final_step",
+            "final_avg_at_k",
+            "final_ci_low",
+            "final_ci_high",
+            "final_relaxed_avg_at_k",
+            "final_first_boxed_avg_at_k",
+            "final_multi_boxed_pct",
+            "final_boxes_per_response",
+            "final_repetitive_pct",
+            "final_mean_tokens",
+            "collapsed",
+        ),
+    }
+)
 _EVALS = SCHEMAS["ablate_evals"]
 EVAL_COLUMNS = _EVALS[_EVALS.index("avg_at_k") :]  # from train_evals, per variant and step
 
@@ -61,16 +118,19 @@ def _setting(cfg: TrainConfig, key: str) -> object:
 
 @dataclass(frozen=True)
 class AblateConfig:
-    esr_lab: TrainConfig = field(default_factory=TrainConfig)  # resolved under --recipe esr-lab
-    paper_code: TrainConfig = field(default_factory=TrainConfig)  # under --recipe paper-code
+    esr_lab: TrainConfig = field(default_factory=default_train_config)  # under --recipe esr-lab
+    paper_code: TrainConfig = field(default_factory=default_train_config)  # --recipe paper-code
     differences: tuple[str, ...] = tuple(DIFFERENCES)
 
-    def variants(self) -> list[Variant]:
+    def resolved(self) -> AblateConfig:
         unknown = sorted(set(self.differences) - set(DIFFERENCES))
         if unknown or not self.differences:
             raise UserError(
                 f"unknown --differences {unknown}; choose from {', '.join(DIFFERENCES)}"
             )
+        return self
+
+    def variants(self) -> list[Variant]:
         out = []
         for recipe, base in (("esr-lab", self.esr_lab), ("paper-code", self.paper_code)):
             full = replace(base, selector="all", n=None)
@@ -87,6 +147,8 @@ class AblateConfig:
 
 def eval_table(run_id: str, variants: list[Variant], evals: pd.DataFrame) -> pd.DataFrame:
     """Every evaluation of every variant: accuracy three ways and the collapse signature."""
+    from esr_lab.loop import variant_run_id
+
     frames = []
     for variant in variants:
         train_run = variant_run_id(variant.cfg)
@@ -121,19 +183,58 @@ def summary_table(evals: pd.DataFrame, collapsed: list[bool]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(cfg: AblateConfig, results_dir: Path, figures_dir: Path, run_id=None, show_progress=True):
+@dataclass
+class Options:
+    n: Window = None
+    differences: Annotated[
+        str | None, opt("Comma-separated recipe differences to switch on alone [default: all].")
+    ] = None
+
+
+def configure(options: Options, given: Given) -> AblateConfig:
+    if given.train.recipe is not None:
+        raise UserError("ablate trains under both recipes; drop --recipe")
+    names = options.differences.split(",") if options.differences else None
+    values = settings("ablate", given.models.student, {"differences": names}, given.train.preset)
+    bases = {
+        recipe: replace(given.train, recipe=recipe).config(given, n=options.n)
+        for recipe in ("esr-lab", "paper-code")
+    }
+    return AblateConfig(
+        esr_lab=bases["esr-lab"],
+        paper_code=bases["paper-code"],
+        differences=tuple(name.strip() for name in values.get("differences", []))
+        or tuple(DIFFERENCES),
+    )
+
+
+def run(cfg: AblateConfig, paths: Paths) -> Result:
     """Train every variant (content-addressed, shared with other experiments), then tabulate."""
+    cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.name for v in variants])
     parent, summary, evals = run_variants(
-        "ablate", config, [v.cfg for v in variants], results_dir, run_id, show_progress
+        "ablate",
+        config,
+        [v.cfg for v in variants],
+        paths.results_dir,
+        paths.run_id,
+        paths.show_progress,
     )
     table = eval_table(parent.run_id, variants, evals)
     write_table(parent.path / "ablate_evals.parquet", table, "ablate_evals")
     result = summary_table(table, summary.collapsed.tolist())
     write_table(parent.path / "ablate_summary.parquet", result, "ablate_summary")
-    plot_ablate(table, [figures_dir / "ablate.png", parent.path / "ablate.png"])
-    return parent, result
+    figure = paths.figures_dir / "ablate.png"
+    plot_ablate(table, [figure, parent.path / "ablate.png"])
+    return Result(parent, {"ablate_evals": table, "ablate_summary": result}, figure)
+
+
+def print_summary(result: Result) -> None:
+    summary = result.tables["ablate_summary"]
+    print_table(terminal_table(summary), f"Recipe ablation, run {result.run_dir.run_id}")
+    for line in verdict(summary):
+        print(line)
 
 
 def terminal_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -177,3 +278,23 @@ def verdict(summary: pd.DataFrame) -> list[str]:
         gap = (best[esr] - best[f"{recipe} full"]) * 100
         lines.append(f"{recipe}: {esr} minus full OPD, best avg@k: {gap:+.2f} points")
     return lines
+
+
+EXPERIMENT = Experiment(
+    command="ablate",
+    folder="ablate",
+    help=(
+        "Full OPD and ESR under both recipes, and full OPD with each paper-code difference "
+        "alone: which difference, if any, makes full OPD collapse."
+    ),
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("ablate.png", ("ablate_evals.parquet",), plot_ablate),
+    schemas=SCHEMAS,
+    order=70,
+    finding="9 collapse: recipe ablation",
+    step=10,
+)

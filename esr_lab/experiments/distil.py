@@ -47,7 +47,7 @@ def configure(options: Options, given: Given):
     if options.num_processes > 1 and distributed.group().world == 1:
         argv = distributed.without_num_processes(sys.argv[1:])
         sys.exit(distributed.relaunch(options.num_processes, argv))
-    schedule = int_list(options.progressive, "--progressive")
+    schedule = int_list(options.progressive or None, "--progressive")
     if schedule is not None and len(schedule) != 2:
         raise UserError(f"--progressive takes START,END like 5,200; got '{options.progressive}'")
     return given.train.config(

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 
 from esr_lab import tasks
 from esr_lab.data import LOCAL_SUFFIXES, read_table_file
 from esr_lab.errors import UserError
+from esr_lab.experiments.registry import Experiment, Paths, Result
+from esr_lab.options import Given, opt
 from esr_lab.records import open_run
 
 ID_COLUMNS = ("problem_id", "task_id", "id")
@@ -28,6 +31,10 @@ class GradeConfig:
     task: str = "math"
     responses: str = "responses.jsonl"
     dataset: str | None = None  # default: the task's benchmark
+
+    def resolved(self) -> GradeConfig:
+        task = tasks.get_task(self.task)  # an unknown task is a one-line error
+        return GradeConfig(self.task, self.responses, self.dataset or task.default_dataset)
 
 
 def _first_present(columns: list[str], wanted: tuple[str, ...], path: str) -> str:
@@ -70,15 +77,45 @@ def check_ids(samples: pd.DataFrame, problems: list, dataset: str) -> None:
         )
 
 
-def run(cfg: GradeConfig, results_dir: Path = Path("results"), run_id: str | None = None):
+@dataclass
+class Options:
+    responses: Annotated[str, opt("Responses (.jsonl): problem_id/task_id/id + response.")]
+    task: Annotated[str, opt("math, humaneval or bfcl.")] = "math"
+    dataset: Annotated[str | None, opt("Problems [default: math500, humaneval, bfcl by task].")] = (
+        None
+    )
+    results_dir: Annotated[Path, opt("Where run folders are written.")] = Path("results")
+    run_id: Annotated[str | None, opt("Run name.")] = None
+
+
+def configure(options: Options, given: Given) -> GradeConfig:
+    return GradeConfig(task=options.task, responses=options.responses, dataset=options.dataset)
+
+
+def run(cfg: GradeConfig, paths: Paths) -> Result:
     """Read, check, grade and summarise the responses; returns the run folder and summary."""
-    task = tasks.get_task(cfg.task)
+    cfg = cfg.resolved()
     samples = read_responses(cfg.responses)
-    dataset = cfg.dataset or task.default_dataset
-    problems = tasks.load_task_problems(cfg.task, dataset)
-    check_ids(samples, problems, dataset)
-    run_dir = open_run(results_dir, "grade", dict(asdict(cfg), dataset=dataset), run_id)
-    return run_dir, tasks.write_graded(run_dir, cfg.task, dataset, samples, problems)
+    problems = tasks.load_task_problems(cfg.task, cfg.dataset)
+    check_ids(samples, problems, cfg.dataset)
+    run_dir = open_run(paths.results_dir, "grade", asdict(cfg), paths.run_id)
+    summary = tasks.write_graded(run_dir, cfg.task, cfg.dataset, samples, problems)
+    return Result(run_dir, {"summary": summary})
 
 
-print_summary = tasks.print_summary  # the grades table, shared with `esr-lab eval`
+def print_summary(result: Result) -> None:
+    """The grades table, shared with `esr-lab eval`."""
+    tasks.print_summary(result.tables["summary"], result.run_dir)
+
+
+EXPERIMENT = Experiment(
+    command="grade",
+    folder="grade",
+    help="Grade responses written by anything: accuracy, pass@k, BFCL name/full match.",
+    options=Options,
+    groups=(),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    order=40,
+)

@@ -22,29 +22,74 @@ from __future__ import annotations
 
 import gc
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
-from esr_lab import train
-from esr_lab.console import progress_bar
+from esr_lab.config import PHASES
+from esr_lab.console import print_table, progress_bar
 from esr_lab.errors import UserError
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_profile
-from esr_lab.records import RunDir, open_run, write_table
-from esr_lab.train import PHASES, TrainConfig
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    TrainOptions,
+    default_train_config,
+    int_list,
+    opt,
+    settings,
+)
+from esr_lab.records import declare, open_run, write_table
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
 
 STEP_PHASES = (*PHASES, "total")
+SCHEMAS = declare(
+    {
+        "profile_steps": (
+            "run_id",
+            "label",
+            "n",
+            "step",
+            "phase",
+            "time_s",
+            "peak_memory_mb",
+            "rollout_tokens_mean",
+            "device",
+        ),
+        "profile_summary": (
+            "run_id",
+            "label",
+            "phase",
+            "n",
+            "steps",
+            "rollout_tokens",
+            "time_median_s",
+            "time_min_s",
+            "time_max_s",
+            "peak_median_mb",
+            "peak_min_mb",
+            "peak_max_mb",
+            "time_ratio",
+            "peak_ratio",
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    base: TrainConfig = field(default_factory=TrainConfig)
+    base: TrainConfig = field(default_factory=default_train_config)
     ns: tuple[int, ...] = (100,)
     steps: int = 3
     warmup: int = 1
 
-    def variants(self) -> list[TrainConfig]:
-        """ESR for each N (smallest first), then full OPD; every bad value a one-line error."""
+    def resolved(self) -> ProfileConfig:
+        """The config, every bad value a one-line error."""
         budget = self.base.sampling.max_new_tokens
         if self.steps < 1:
             raise UserError(f"--steps must be at least 1 measured step, got {self.steps}")
@@ -57,6 +102,10 @@ class ProfileConfig:
                 f"N={max(self.ns)} is larger than the full rollout budget "
                 f"(--max-new-tokens {budget}); ESR would then be full OPD"
             )
+        return self
+
+    def variants(self) -> list[TrainConfig]:
+        """ESR for each N (smallest first), then full OPD."""
         base = replace(self.base, steps=self.warmup + self.steps, progressive=None)
         esr = [replace(base, selector="first_n", n=n) for n in sorted(set(self.ns))]
         return [*esr, replace(base, selector="all", n=None)]
@@ -65,6 +114,8 @@ class ProfileConfig:
 def profile_variant(cfg: TrainConfig, warmup: int, show_progress: bool) -> tuple[list[dict], str]:
     """Metrics of each measured step of one variant (fresh student, same prompts), and the
     device it ran on."""
+    from esr_lab import train
+
     trainer = train.setup(cfg.resolved())
     device, rows = str(trainer.student.loaded.device), []
     with progress_bar(show_progress) as bar:
@@ -120,28 +171,47 @@ def summarise(steps: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def run(
-    cfg: ProfileConfig,
-    results_dir: Path,
-    figures_dir: Path,
-    run_id: str | None = None,
-    show_progress: bool = True,
-) -> tuple[RunDir, pd.DataFrame]:
+@dataclass
+class Options:
+    ns: Annotated[str | None, opt("ESR windows to profile against full OPD [paper: 100].")] = None
+    warmup: Annotated[int | None, opt("Unmeasured steps before the measured --steps.")] = None
+
+
+def configure(options: Options, given: Given) -> ProfileConfig:
+    base = given.train.config(given)
+    given_values = {
+        "ns": int_list(options.ns or None, "--ns"),
+        "steps": given.train.steps,  # --steps counts measured steps here
+        "warmup": options.warmup,
+    }
+    values = settings("profile", given.models.student, given_values, given.train.preset)
+    values["ns"] = tuple(values.get("ns", [base.n or ProfileConfig.ns[0]]))
+    return ProfileConfig(base=base, **values)
+
+
+def run(cfg: ProfileConfig, paths: Paths) -> Result:
     """Profile every variant; writes steps.parquet, summary.parquet and profile.png."""
+    cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.label for v in variants])
-    run_dir = open_run(results_dir, "profile", config, run_id)
+    run_dir = open_run(paths.results_dir, "profile", config, paths.run_id)
     rows = []
     for variant in variants:
-        measured, device = profile_variant(variant, cfg.warmup, show_progress)
+        measured, device = profile_variant(variant, cfg.warmup, paths.show_progress)
         for metrics in measured:
             rows += long_rows(metrics, run_dir.run_id, variant, device)
     steps = pd.DataFrame(rows)
     write_table(run_dir.path / "steps.parquet", steps, "profile_steps")
     summary = summarise(steps)
     write_table(run_dir.path / "summary.parquet", summary, "profile_summary")
-    plot_profile(summary, [figures_dir / "profile.png", run_dir.path / "profile.png"])
-    return run_dir, summary
+    figure = paths.figures_dir / "profile.png"
+    plot_profile(summary, [figure, run_dir.path / "profile.png"])
+    return Result(run_dir, {"steps": steps, "summary": summary}, figure)
+
+
+def print_summary(result: Result) -> None:
+    title = f"Cost per step, run {result.run_dir.run_id}"
+    print_table(paper_table(result.tables["summary"]), title)
 
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -164,3 +234,20 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
             "mem x of full": summary.peak_ratio,
         }
     )
+
+
+EXPERIMENT = Experiment(
+    command="profile",
+    folder="profile",
+    help="Finding 8: per-phase wall time and peak memory of ESR(N) steps against full OPD.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("profile.png", ("summary.parquet",), plot_profile),
+    schemas=SCHEMAS,
+    order=80,
+    finding="8 efficiency",
+    step=9,
+)

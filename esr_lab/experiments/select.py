@@ -12,20 +12,31 @@ Command: esr-lab select --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
-from esr_lab.console import progress_bar
-from esr_lab.crosstok import pair_position_stats as position_stats
+from esr_lab.console import print_table, progress_bar
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import run_variants
+from esr_lab.experiments.common import run_variants, summary_table
+from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_select
-from esr_lab.policy import load_policy
-from esr_lab.records import write_table
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    TrainOptions,
+    default_train_config,
+    opt,
+    settings,
+)
+from esr_lab.records import declare, write_table
 from esr_lab.seeding import row_seed
-from esr_lab.train import TrainConfig
+
+if TYPE_CHECKING:
+    from esr_lab.train import TrainConfig
 
 BASELINES = (
     "top_rkl",
@@ -38,16 +49,22 @@ BASELINES = (
 )
 
 
+SCHEMAS = declare({"loss_share": ("run_id", "budget", "share")})
+
+
 @dataclass(frozen=True)
 class SelectConfig:
-    base: TrainConfig = field(default_factory=TrainConfig)
+    base: TrainConfig = field(default_factory=default_train_config)
     budget: int = 100
     selectors: tuple[str, ...] = BASELINES
     share_rollouts: int = 64  # full-length rollouts used to measure the top-k loss share
 
-    def variants(self) -> list[TrainConfig]:
+    def resolved(self) -> SelectConfig:
         if self.budget < 1:
             raise UserError(f"--budget must be at least 1, got {self.budget}")
+        return self
+
+    def variants(self) -> list[TrainConfig]:
         esr = replace(self.base, selector="first_n", n=self.budget)
         full = replace(self.base, selector="all", n=None)
         picked = [replace(self.base, selector=s, budget=self.budget) for s in self.selectors]
@@ -57,6 +74,9 @@ class SelectConfig:
 
 def top_k_loss_share(cfg: SelectConfig, show_progress: bool) -> float:
     """Mean share of a full rollout's summed reverse KL held by its `budget` highest positions."""
+    from esr_lab.crosstok import pair_position_stats as position_stats
+    from esr_lab.policy import load_policy
+
     base = cfg.base.resolved()
     problems = load_problems(
         base.train_dataset,
@@ -77,17 +97,56 @@ def top_k_loss_share(cfg: SelectConfig, show_progress: bool) -> float:
     return float(shares.mean())
 
 
-def run(cfg: SelectConfig, results_dir: Path, figures_dir: Path, run_id=None, show_progress=True):
+@dataclass
+class Options:
+    budget: Annotated[int | None, opt("Loss-carrying positions per rollout [paper: 100].")] = None
+    selectors: Annotated[str | None, opt("Comma-separated selectors to compare.")] = None
+
+
+def configure(options: Options, given: Given) -> SelectConfig:
+    values = settings(
+        "select", given.models.student, {"budget": options.budget}, given.train.preset
+    )
+    if options.selectors:
+        values["selectors"] = tuple(s.strip() for s in options.selectors.split(","))
+    return SelectConfig(base=given.train.config(given), **values)
+
+
+def run(cfg: SelectConfig, paths: Paths) -> Result:
+    cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.label for v in variants])
-    parent, summary, _ = run_variants(
-        "select", config, variants, results_dir, run_id, show_progress
+    parent, summary, evals = run_variants(
+        "select", config, variants, paths.results_dir, paths.run_id, paths.show_progress
     )
-    share = top_k_loss_share(cfg, show_progress)
-    write_table(
-        parent.path / "loss_share.parquet",
-        pd.DataFrame([{"run_id": parent.run_id, "budget": cfg.budget, "share": share}]),
-        "loss_share",
-    )
-    plot_select(summary, [figures_dir / "select.png", parent.path / "select.png"])
-    return parent, summary, share
+    share = top_k_loss_share(cfg, paths.show_progress)
+    loss_share = pd.DataFrame([{"run_id": parent.run_id, "budget": cfg.budget, "share": share}])
+    write_table(parent.path / "loss_share.parquet", loss_share, "loss_share")
+    figure = paths.figures_dir / "select.png"
+    plot_select(summary, [figure, parent.path / "select.png"])
+    tables = {"summary": summary, "evals": evals, "loss_share": loss_share}
+    return Result(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
+
+
+def print_summary(result: Result) -> None:
+    title = f"Token selection, run {result.run_dir.run_id}"
+    print_table(summary_table(result.tables["summary"]), title)
+    budget, share = result.facts["budget"], result.facts["share"]
+    print(f"top-{budget} RKL tokens hold {share * 100:.1f}% of the trajectory's loss")
+
+
+EXPERIMENT = Experiment(
+    command="select",
+    folder="select",
+    help="Finding 6: ESR against KL/entropy token selection with the same token budget.",
+    options=Options,
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    configure=configure,
+    run=run,
+    print_summary=print_summary,
+    figure=Figure("select.png", ("summary.parquet",), plot_select),
+    schemas=SCHEMAS,
+    order=60,
+    finding="6 token selection",
+    step=6,
+)
