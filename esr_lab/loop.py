@@ -156,7 +156,7 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
                 write = partial(save_checkpoint, trainer, run_dir, step, steps, evals, samples)
                 group.on_main(write)
             bar.update(task, advance=1, description=f"{cfg.label} loss {steps[-1]['loss']:.3f}")
-    summary = summarise(pd.DataFrame(evals), cfg, run_dir.run_id)
+    summary = run_summary(pd.DataFrame(evals), cfg, run_dir.run_id)
     group.on_main(lambda: write_table(run_dir.path / "summary.parquet", summary, "train_summary"))
     table = _frame(evals, run_dir, "train_evals") if group.is_main else pd.DataFrame()
     return RunResult(run_dir, summary, table)
@@ -170,7 +170,7 @@ def _evaluate(trainer, run_dir, step, evals, samples) -> pd.DataFrame:
     return pd.concat([samples, graded], ignore_index=True) if len(samples) else graded
 
 
-def summarise(evals: pd.DataFrame, cfg: TrainConfig, run_id: str) -> pd.DataFrame:
+def run_summary(evals: pd.DataFrame, cfg: TrainConfig, run_id: str) -> pd.DataFrame:
     """Base, best-across-steps (the paper's reported number) and final accuracy; collapse flag.
 
     A run is flagged collapsed when its final accuracy fell more than `collapse_drop` (relative)

@@ -493,7 +493,7 @@ def loss_mask(trainer: Trainer, batch: ScoringBatch, teacher_batch=None) -> torc
     return mask_BT
 
 
-def select(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.Tensor:
+def loss_positions(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.Tensor:
     """The selector's positions for these rows (stats only for score-based selectors).
 
     `first_row` is the index of the first of these rows in the step's batch: random selection
@@ -576,7 +576,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     )
     teacher_batch = teacher_view(trainer, problems, responses)
     full_mask_BT = loss_mask(trainer, student_batch, teacher_batch)
-    chosen_BT = select(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
+    chosen_BT = loss_positions(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
     local = reduction_counts(chosen_BT)
     norms = dict(zip(local, group.sum(list(local.values())), strict=True))
     totals = {"loss": 0.0, "kl_selected": 0.0, "kl_all": 0.0, "selected": 0, "tokens": 0}
@@ -642,7 +642,7 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
         stats = None
         if cfg.selector in STAT_SELECTORS or cfg.loss != "reverse_kl":
             stats = pair_stats(trainer, s_out.detach(), t_out, t_batch)
-        selected_BT = select(trainer, step, mask_BT, stats, first_row)
+        selected_BT = loss_positions(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
         weight = reduction_counts(selected_BT)[cfg.reduction] / batch_norm
         loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction) * weight

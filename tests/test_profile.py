@@ -9,7 +9,7 @@ import pytest
 
 from esr_lab.config import Sampling
 from esr_lab.errors import UserError
-from esr_lab.experiments.profile import ProfileConfig, summarise
+from esr_lab.experiments.profile import ProfileConfig, phase_summary
 from tests.helpers import MICRO, run_cli
 from tests.test_train import BASE
 
@@ -64,7 +64,7 @@ def test_summary_medians_ranges_and_ratios():
         )
         for step, (t, m) in enumerate(values, start=1)
     ]
-    summary = summarise(pd.DataFrame(rows)).set_index("label")
+    summary = phase_summary(pd.DataFrame(rows)).set_index("label")
     assert summary.loc["esr-5", "time_median_s"] == 2
     assert (summary.loc["esr-5", "time_min_s"], summary.loc["esr-5", "time_max_s"]) == (1, 9)
     assert summary.loc["esr-5", "time_ratio"] == pytest.approx(0.1)

@@ -131,6 +131,7 @@ class AblateConfig:
         return self
 
     def variants(self) -> list[Variant]:
+        self.resolved()  # every bad value a one-line error before anything is built
         out = []
         for recipe, base in (("esr-lab", self.esr_lab), ("paper-code", self.paper_code)):
             full = replace(base, selector="all", n=None)

@@ -151,7 +151,7 @@ def run(cfg: DecayConfig, paths: Paths) -> Result:
                 bar.advance(task, 2 + len(prefixes))
     samples = run_dir.read_parts()
     write_table(run_dir.path / "samples.parquet", samples, "decay_samples")
-    summary = summarise(samples, cfg.prefix_lengths, run_dir.run_id)
+    summary = accuracy_by_prefix(samples, cfg.prefix_lengths, run_dir.run_id)
     write_table(run_dir.path / "summary.parquet", summary, "decay_summary")
     figure = paths.figures_dir / "decay.png"
     plot_decay(summary, [figure, run_dir.path / "decay.png"])
@@ -248,7 +248,9 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def summarise(samples: pd.DataFrame, prefix_lengths: Sequence[int], run_id: str) -> pd.DataFrame:
+def accuracy_by_prefix(
+    samples: pd.DataFrame, prefix_lengths: Sequence[int], run_id: str
+) -> pd.DataFrame:
     """avg@k with a 95% CI per condition; the curve's k=0 point is the teacher alone."""
     rows = [
         _summary_row(samples[samples.condition == "teacher_alone"], "teacher_alone", 0),

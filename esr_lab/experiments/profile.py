@@ -106,6 +106,7 @@ class ProfileConfig:
 
     def variants(self) -> list[TrainConfig]:
         """ESR for each N (smallest first), then full OPD."""
+        self.resolved()  # every bad value a one-line error before anything is built
         base = replace(self.base, steps=self.warmup + self.steps, progressive=None)
         esr = [replace(base, selector="first_n", n=n) for n in sorted(set(self.ns))]
         return [*esr, replace(base, selector="all", n=None)]
@@ -151,7 +152,7 @@ def long_rows(metrics: dict, run_id: str, cfg: TrainConfig, device: str) -> list
     ]
 
 
-def summarise(steps: pd.DataFrame) -> pd.DataFrame:
+def phase_summary(steps: pd.DataFrame) -> pd.DataFrame:
     """Median (min-max) time and peak memory per variant and phase, and each ESR/full ratio."""
     grouped = steps.groupby(["run_id", "label", "phase"], sort=False)
     summary = grouped.agg(
@@ -202,7 +203,7 @@ def run(cfg: ProfileConfig, paths: Paths) -> Result:
             rows += long_rows(metrics, run_dir.run_id, variant, device)
     steps = pd.DataFrame(rows)
     write_table(run_dir.path / "steps.parquet", steps, "profile_steps")
-    summary = summarise(steps)
+    summary = phase_summary(steps)
     write_table(run_dir.path / "summary.parquet", summary, "profile_summary")
     figure = paths.figures_dir / "profile.png"
     plot_profile(summary, [figure, run_dir.path / "profile.png"])

@@ -65,6 +65,7 @@ class SelectConfig:
         return self
 
     def variants(self) -> list[TrainConfig]:
+        self.resolved()  # every bad value a one-line error before anything is built
         esr = replace(self.base, selector="first_n", n=self.budget)
         full = replace(self.base, selector="all", n=None)
         picked = [replace(self.base, selector=s, budget=self.budget) for s in self.selectors]

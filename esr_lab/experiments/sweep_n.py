@@ -50,6 +50,7 @@ class SweepConfig:
         return self
 
     def variants(self) -> list[TrainConfig]:
+        self.resolved()  # every bad value a one-line error before anything is built
         esr = [replace(self.base, selector="first_n", n=n) for n in sorted(set(self.ns))]
         extra = []
         if self.full:
