@@ -37,6 +37,9 @@ HELLO = textwrap.dedent(
             path.write_text(summary.to_csv(index=False))
 
 
+    FIGURE = Figure("hello.txt", ("summary.parquet",), plot_hello)
+
+
     @dataclass(frozen=True)
     class Config:
         greeting: str = "hello"
@@ -62,8 +65,8 @@ HELLO = textwrap.dedent(
         run_dir = open_run(paths.results_dir, "hello", asdict(cfg), paths.run_id)
         summary = pd.DataFrame([{"run_id": run_dir.run_id, **asdict(cfg)}])
         write_table(run_dir.path / "summary.parquet", summary, "hello_summary")
-        plot_hello(summary, [paths.figures_dir / "hello.txt"])
-        return Result(run_dir, {"summary": summary}, paths.figures_dir / "hello.txt")
+        figure = FIGURE.save((summary,), paths, run_dir.path)
+        return Result(run_dir, {"summary": summary}, figure)
 
 
     def print_summary(result: Result) -> None:
@@ -80,7 +83,7 @@ HELLO = textwrap.dedent(
         configure=configure,
         run=run,
         print_summary=print_summary,
-        figure=Figure("hello.txt", ("summary.parquet",), plot_hello),
+        figure=FIGURE,
         schemas=SCHEMAS,
         finding="99 greetings",
         step=99,

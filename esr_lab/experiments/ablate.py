@@ -101,6 +101,9 @@ _EVALS = SCHEMAS["ablate_evals"]
 EVAL_COLUMNS = _EVALS[_EVALS.index("avg_at_k") :]  # from train_evals, per variant and step
 
 
+FIGURE = Figure("ablate.png", ("ablate_evals.parquet",), plot_ablate)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One training run of the ablation: its name, recipe and the difference switched on."""
@@ -226,8 +229,7 @@ def run(cfg: AblateConfig, paths: Paths) -> Result:
     write_table(parent.path / "ablate_evals.parquet", table, "ablate_evals")
     result = summary_table(table, summary.collapsed.tolist())
     write_table(parent.path / "ablate_summary.parquet", result, "ablate_summary")
-    figure = paths.figures_dir / "ablate.png"
-    plot_ablate(table, [figure, parent.path / "ablate.png"])
+    figure = FIGURE.save((table,), paths, parent.path)
     return Result(parent, {"ablate_evals": table, "ablate_summary": result}, figure)
 
 
@@ -293,7 +295,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("ablate.png", ("ablate_evals.parquet",), plot_ablate),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=70,
     finding="9 collapse: recipe ablation",

@@ -54,6 +54,9 @@ SCHEMAS = declare(
 )
 
 
+FIGURE = Figure("cascade.png", ("bins.parquet", "summary.parquet"), plot_cascade)
+
+
 @dataclass(frozen=True)
 class CascadeConfig:
     base: TrainConfig = field(
@@ -96,14 +99,13 @@ def configure(options: Options, given: Given) -> CascadeConfig:
 def run(cfg: CascadeConfig, paths: Paths) -> Result:
     """Train (or take) ESR, scan base and trained students, bin, summarise, plot."""
     cfg = cfg.resolved()
-    results_dir, show_progress = paths.results_dir, paths.show_progress
     esr_cfg = replace(cfg.base, selector="first_n")
-    adapter = trained_adapter(esr_cfg, cfg.esr_checkpoint, results_dir, show_progress)
+    adapter = trained_adapter(esr_cfg, cfg.esr_checkpoint, paths.results_dir, paths.show_progress)
     pair, window = cfg.base.pair, cfg.base.n
     problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(pair, cfg.batch_size)
     config = dict(asdict(cfg), esr_adapter=adapter)
-    run_dir = open_run(results_dir, "cascade", config, paths.run_id)
+    run_dir = open_run(paths.results_dir, "cascade", config, paths.run_id)
     frames = []
     for model in ("base", "esr"):
         if model == "esr":
@@ -115,7 +117,7 @@ def run(cfg: CascadeConfig, paths: Paths) -> Result:
             cfg.rollouts,
             cfg.base.sampling,
             cfg.base.seed,
-            show_progress,
+            paths.show_progress,
             label=f"{model} student",
         )
         frames.append(
@@ -126,8 +128,7 @@ def run(cfg: CascadeConfig, paths: Paths) -> Result:
     summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
-    figure = paths.figures_dir / "cascade.png"
-    plot_cascade(bins, summary, [figure, run_dir.path / "cascade.png"])
+    figure = FIGURE.save((bins, summary), paths, run_dir.path)
     return Result(run_dir, {"bins": bins, "summary": summary}, figure)
 
 
@@ -158,7 +159,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("cascade.png", ("bins.parquet", "summary.parquet"), plot_cascade),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=120,
     finding="5 cascade",

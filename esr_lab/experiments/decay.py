@@ -63,6 +63,9 @@ SCHEMAS = declare(
 )
 
 
+FIGURE = Figure("decay.png", ("summary.parquet",), plot_decay)
+
+
 @dataclass(frozen=True)
 class DecayConfig:
     pair: ModelPair = field(default_factory=ModelPair)
@@ -128,16 +131,15 @@ def run(cfg: DecayConfig, paths: Paths) -> Result:
     from esr_lab.policy import load_policy
 
     cfg = cfg.resolved()
-    results_dir, run_id, show_progress = paths.results_dir, paths.run_id, paths.show_progress
     check_models(cfg.pair.student, cfg.pair.teacher)
     problems = load_problems(cfg.dataset, limit=cfg.limit)
     student, teacher = (
         load_policy(name, cfg.pair, cfg.batch_size) for name in (cfg.pair.student, cfg.pair.teacher)
     )
-    run_dir = open_run(results_dir, "decay", _config_dict(cfg), run_id)
+    run_dir = open_run(paths.results_dir, "decay", _config_dict(cfg), paths.run_id)
     chunks = _chunks(problems, max(1, cfg.batch_size // cfg.samples))
     prefixes = [k for k in cfg.prefix_lengths if k > 0]
-    with progress_bar(show_progress) as bar:
+    with progress_bar(paths.show_progress) as bar:
         task = bar.add_task("decay", total=len(chunks) * (2 + len(prefixes)))
         for index, chunk in enumerate(chunks):
             name = f"chunk-{index:05d}"
@@ -153,8 +155,7 @@ def run(cfg: DecayConfig, paths: Paths) -> Result:
     write_table(run_dir.path / "samples.parquet", samples, "decay_samples")
     summary = accuracy_by_prefix(samples, cfg.prefix_lengths, run_dir.run_id)
     write_table(run_dir.path / "summary.parquet", summary, "decay_summary")
-    figure = paths.figures_dir / "decay.png"
-    plot_decay(summary, [figure, run_dir.path / "decay.png"])
+    figure = FIGURE.save((summary,), paths, run_dir.path)
     return Result(run_dir, {"samples": samples, "summary": summary}, figure)
 
 
@@ -301,7 +302,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("decay.png", ("summary.parquet",), plot_decay),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=10,
     finding="1 teacher decay",

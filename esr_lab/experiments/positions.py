@@ -36,6 +36,8 @@ from esr_lab.options import (
 )
 from esr_lab.records import open_run, write_table
 
+FIGURE = Figure("positions.png", ("bins.parquet",), plot_positions)
+
 
 @dataclass(frozen=True)
 class PositionsConfig:
@@ -81,21 +83,15 @@ def configure(options: Options, given: Given) -> PositionsConfig:
 def run(cfg: PositionsConfig, paths: Paths) -> Result:
     """Scan, bin, write bins.parquet and the figure; returns the run and its bins."""
     cfg = cfg.resolved()
-    results_dir, figures_dir, show_progress = (
-        paths.results_dir,
-        paths.figures_dir,
-        paths.show_progress,
-    )
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "positions", asdict(cfg), paths.run_id)
+    run_dir = open_run(paths.results_dir, "positions", asdict(cfg), paths.run_id)
     scan = analysis.scan(
-        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
+        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, paths.show_progress
     )
     bins = analysis.tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
-    figure = figures_dir / "positions.png"
-    plot_positions(bins, [figure, run_dir.path / "positions.png"])
+    figure = FIGURE.save((bins,), paths, run_dir.path)
     return Result(run_dir, {"bins": bins}, figure)
 
 
@@ -122,7 +118,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("positions.png", ("bins.parquet",), plot_positions),
+    figure=FIGURE,
     order=90,
     finding="4 per-position KL",
     step=2,

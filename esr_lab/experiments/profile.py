@@ -81,6 +81,9 @@ SCHEMAS = declare(
 )
 
 
+FIGURE = Figure("profile.png", ("summary.parquet",), plot_profile)
+
+
 @dataclass(frozen=True)
 class ProfileConfig:
     base: TrainConfig = field(default_factory=default_train_config)
@@ -205,8 +208,7 @@ def run(cfg: ProfileConfig, paths: Paths) -> Result:
     write_table(run_dir.path / "steps.parquet", steps, "profile_steps")
     summary = phase_summary(steps)
     write_table(run_dir.path / "summary.parquet", summary, "profile_summary")
-    figure = paths.figures_dir / "profile.png"
-    plot_profile(summary, [figure, run_dir.path / "profile.png"])
+    figure = FIGURE.save((summary,), paths, run_dir.path)
     return Result(run_dir, {"steps": steps, "summary": summary}, figure)
 
 
@@ -246,7 +248,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("profile.png", ("summary.parquet",), plot_profile),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=80,
     finding="8 efficiency",

@@ -60,7 +60,15 @@ class Figure:
     plot: Callable[..., None]
 
     def draw(self, run_folder: Path, paths: list[Path]) -> None:
+        """Redraw from the run folder's saved tables (`esr-lab plot`)."""
         self.plot(*(pd.read_parquet(run_folder / name) for name in self.reads), paths)
+
+    def save(self, frames: tuple[pd.DataFrame, ...], paths: Paths, run_folder: Path) -> Path:
+        """Draw as a run ends, from the frames of `reads` it just wrote, into the figures folder
+        and the run folder; returns the figures folder's copy."""
+        figure = paths.figures_dir / self.file
+        self.plot(*frames, [figure, run_folder / self.file])
+        return figure
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,9 @@ BASELINES = (
 SCHEMAS = declare({"loss_share": ("run_id", "budget", "share")})
 
 
+FIGURE = Figure("select.png", ("summary.parquet",), plot_select)
+
+
 @dataclass(frozen=True)
 class SelectConfig:
     base: TrainConfig = field(default_factory=default_train_config)
@@ -123,8 +126,7 @@ def run(cfg: SelectConfig, paths: Paths) -> Result:
     share = top_k_loss_share(cfg, paths.show_progress)
     loss_share = pd.DataFrame([{"run_id": parent.run_id, "budget": cfg.budget, "share": share}])
     write_table(parent.path / "loss_share.parquet", loss_share, "loss_share")
-    figure = paths.figures_dir / "select.png"
-    plot_select(summary, [figure, parent.path / "select.png"])
+    figure = FIGURE.save((summary,), paths, parent.path)
     tables = {"summary": summary, "evals": evals, "loss_share": loss_share}
     return Result(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
 
@@ -145,7 +147,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("select.png", ("summary.parquet",), plot_select),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=60,
     finding="6 token selection",

@@ -71,6 +71,9 @@ SCHEMAS = declare(
 )
 
 
+FIGURE = Figure("submode.png", ("summary.parquet",), plot_submode)
+
+
 @dataclass(frozen=True)
 class SubmodeConfig:
     base: TrainConfig = field(
@@ -86,16 +89,16 @@ class SubmodeConfig:
     def resolved(self) -> SubmodeConfig:
         analysis.check_rollouts(self.rollouts)
         analysis.check_share("--top-fraction", self.top_fraction)
-        trainings = {name: (c.resolved(), given) for name, (c, given) in self.trainings().items()}
+        trainings = self.trainings()
         for name in ("esr", "full"):  # the order the options are listed in
             train_cfg, checkpoint = trainings[name]
             check_checkpoint(checkpoint, train_cfg, f"--{name}-checkpoint")
         return self
 
     def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
-        """Each trained student's config and given checkpoint."""
-        esr = replace(self.base, selector="first_n")
-        full = replace(self.base, selector="all", n=None)
+        """Each trained student's resolved config and given checkpoint."""
+        esr = replace(self.base, selector="first_n").resolved()
+        full = replace(self.base, selector="all", n=None).resolved()
         return {"full": (full, self.full_checkpoint), "esr": (esr, self.esr_checkpoint)}
 
 
@@ -128,18 +131,15 @@ def configure(options: Options, given: Given) -> SubmodeConfig:
 def run(cfg: SubmodeConfig, paths: Paths) -> Result:
     """Train (or take) both students, scan each, measure teacher lengths; one summary row each."""
     cfg = cfg.resolved()
-    results_dir, show_progress = paths.results_dir, paths.show_progress
-    trainings = {
-        name: (train_cfg.resolved(), given) for name, (train_cfg, given) in cfg.trainings().items()
-    }
     adapters = {
-        name: trained_adapter(train_cfg, given, results_dir, show_progress)
-        for name, (train_cfg, given) in trainings.items()
+        name: trained_adapter(train_cfg, given, paths.results_dir, paths.show_progress)
+        for name, (train_cfg, given) in cfg.trainings().items()
     }
     pair, sampling, seed = cfg.base.pair, cfg.base.sampling, cfg.base.seed
     problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "submode", dict(asdict(cfg), adapters=adapters), paths.run_id)
+    config = dict(asdict(cfg), adapters=adapters)
+    run_dir = open_run(paths.results_dir, "submode", config, paths.run_id)
     students = {"base": student}
     students.update({n: trained_policy(pair, a, cfg.batch_size) for n, a in adapters.items()})
     rows = {}
@@ -151,7 +151,7 @@ def run(cfg: SubmodeConfig, paths: Paths) -> Result:
             cfg.rollouts,
             sampling,
             seed,
-            show_progress,
+            paths.show_progress,
             f"{name} student",
         )
         rows[name] = {
@@ -164,8 +164,7 @@ def run(cfg: SubmodeConfig, paths: Paths) -> Result:
     summary = summary.assign(run_id=run_dir.run_id, rollouts=cfg.rollouts)
     summary = summary[list(SCHEMAS["submode_summary"])]
     write_table(run_dir.path / "summary.parquet", summary, "submode_summary")
-    figure = paths.figures_dir / "submode.png"
-    plot_submode(summary, [figure, run_dir.path / "submode.png"])
+    figure = FIGURE.save((summary,), paths, run_dir.path)
     return Result(run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction})
 
 
@@ -207,7 +206,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("submode.png", ("summary.parquet",), plot_submode),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=130,
     finding="7 sub-mode commitment",

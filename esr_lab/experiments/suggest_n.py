@@ -53,6 +53,9 @@ SCHEMAS = declare(
 )
 
 
+FIGURE = Figure("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_suggest_n)
+
+
 @dataclass(frozen=True)
 class SuggestConfig:
     pair: ModelPair = field(default_factory=ModelPair)
@@ -92,12 +95,11 @@ def configure(options: Options, given: Given) -> SuggestConfig:
 def run(cfg: SuggestConfig, paths: Paths) -> Result:
     """Scan, write the cumulative curve and the suggested N; returns run, curve and summary."""
     cfg = cfg.resolved()
-    show_progress = paths.show_progress
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
     run_dir = open_run(paths.results_dir, "suggest_n", asdict(cfg), paths.run_id)
     scan = analysis.scan(
-        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
+        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, paths.show_progress
     )
     curve = analysis.cumulative_kl(scan.tokens).assign(threshold=cfg.threshold)
     curve.insert(0, "run_id", run_dir.run_id)
@@ -112,8 +114,7 @@ def run(cfg: SuggestConfig, paths: Paths) -> Result:
         }
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
-    figure = paths.figures_dir / "suggest_n.png"
-    plot_suggest_n(curve, summary, [figure, run_dir.path / "suggest_n.png"])
+    figure = FIGURE.save((curve, summary), paths, run_dir.path)
     return Result(run_dir, {"curve": curve, "summary": summary}, figure)
 
 
@@ -149,7 +150,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_suggest_n),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=100,
     finding="10 choosing N",

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 PAPER_NS = (5, 10, 20, 50, 100, 150, 200)
 
 
+FIGURE = Figure("sweep_n.png", ("summary.parquet",), plot_sweep_n)
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     base: TrainConfig = field(default_factory=default_train_config)
@@ -90,8 +93,7 @@ def run(cfg: SweepConfig, paths: Paths) -> Result:
     parent, summary, evals = run_variants(
         "sweep_n", config, variants, paths.results_dir, paths.run_id, paths.show_progress
     )
-    figure = paths.figures_dir / "sweep_n.png"
-    plot_sweep_n(summary, [figure, parent.path / "sweep_n.png"])
+    figure = FIGURE.save((summary,), paths, parent.path)
     return Result(parent, {"summary": summary, "evals": evals}, figure)
 
 
@@ -108,7 +110,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("sweep_n.png", ("summary.parquet",), plot_sweep_n),
+    figure=FIGURE,
     order=50,
     finding="3 N sweep",
     step=5,

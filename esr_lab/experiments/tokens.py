@@ -59,6 +59,9 @@ SCHEMAS = declare(
 )
 
 
+FIGURE = Figure("tokens.png", ("categories.parquet",), plot_tokens)
+
+
 @dataclass(frozen=True)
 class TokensConfig:
     pair: ModelPair = field(default_factory=ModelPair)
@@ -126,12 +129,11 @@ def configure(options: Options, given: Given) -> TokensConfig:
 def run(cfg: TokensConfig, paths: Paths) -> Result:
     """Scan, then tabulate categories x bins and the top tokens; returns run, cells, top."""
     cfg = cfg.resolved()
-    results_dir, run_id, show_progress = paths.results_dir, paths.run_id, paths.show_progress
     problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
     student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(results_dir, "tokens", asdict(cfg), run_id)
+    run_dir = open_run(paths.results_dir, "tokens", asdict(cfg), paths.run_id)
     scan = analysis.scan(
-        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, show_progress
+        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, paths.show_progress
     )
     ids = scan.tokens.token_id.unique().tolist()
     texts = {i: student.tokenizer.decode([i]) for i in ids}
@@ -141,8 +143,7 @@ def run(cfg: TokensConfig, paths: Paths) -> Result:
     top = analysis.top_tokens(scan.tokens, texts, cfg.min_count, cfg.top)
     top.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "top_tokens.parquet", top, "top_kl_tokens")
-    figure = paths.figures_dir / "tokens.png"
-    plot_tokens(cells, [figure, run_dir.path / "tokens.png"])
+    figure = FIGURE.save((cells,), paths, run_dir.path)
     tables = {"categories": cells, "top_tokens": top}
     return Result(run_dir, tables, figure, facts={"min_count": cfg.min_count})
 
@@ -167,7 +168,7 @@ EXPERIMENT = Experiment(
     configure=configure,
     run=run,
     print_summary=print_summary,
-    figure=Figure("tokens.png", ("categories.parquet",), plot_tokens),
+    figure=FIGURE,
     schemas=SCHEMAS,
     order=110,
     finding="11 token categories",
