@@ -2,9 +2,11 @@
 
 The subcommands are built from the experiment registry (`esr_lab.experiments.registry`): each
 experiment's own options and the option groups it takes become typer options, and the command
-configures, runs and summarises the experiment. User mistakes print one line and exit 2.
+configures, runs and summarises the experiment. User mistakes print one line and exit 2;
+Ctrl-C and SIGTERM print one line with the command that resumes and exit 130 / 143.
 """
 
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from esr_lab import options, presets, toy
+from esr_lab import interrupts, options, presets, toy
 from esr_lab.errors import TrainingDiverged, UserError
 from esr_lab.experiments import registry
 from esr_lab.options import opt
@@ -40,22 +42,47 @@ def run_experiment(experiment: registry.Experiment, values: dict) -> registry.Re
     return result
 
 
+def interruptible(takes_run_id: bool):
+    """Turn Ctrl-C / SIGTERM inside a command into `interrupts.Stopped`, which carries the exit
+    code and the resume line past typer (typer would return a KeyboardInterrupt's code as a
+    value, and `main` would then exit 0)."""
+
+    def wrap(function):
+        @functools.wraps(function)
+        def wrapped(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except KeyboardInterrupt as interrupt:
+                raise interrupts.message(interrupt, sys.argv[1:], takes_run_id) from None
+
+        return wrapped
+
+    return wrap
+
+
 def add_command(experiment: registry.Experiment) -> None:
     """Register `experiment` as a subcommand whose parameters are its options' fields."""
     option_classes = (experiment.options, *experiment.groups)
+    parameters = options.parameters(option_classes)
 
+    @interruptible(takes_run_id=any(p.name == "run_id" for p in parameters))
     def command(**values) -> None:
         run_experiment(experiment, values)
 
-    command.__signature__ = inspect.Signature(options.parameters(option_classes))
-    app.command(experiment.command, help=experiment.help)(command)
+    command.__signature__ = inspect.Signature(parameters)
+    # short_help whole: click would cut the summary in the command list with "..."
+    app.command(experiment.command, help=experiment.help, short_help=experiment.help)(command)
 
 
 for _experiment in registry.experiments():
     add_command(_experiment)
 
 
-@app.command("reproduce")
+@app.command(
+    "reproduce",
+    short_help="Every experiment in order on one pair; resumable (rerun the same command).",
+)
+@interruptible(takes_run_id=False)  # its run ids are fixed: the same command resumes
 def reproduce_command(
     preset: Annotated[
         str, opt("Preset in experiments/: toy, capable, micro, paper-qwen, paper-gemma.")
@@ -64,7 +91,10 @@ def reproduce_command(
     teacher: Annotated[str | None, opt("Teacher [toy: toy-teacher; paper: required].")] = None,
     only: Annotated[str | None, opt("Comma-separated steps to run (default: all).")] = None,
     results_dir: Annotated[Path, opt("Where run folders are written.")] = Path("results"),
-    figures_dir: Annotated[Path, opt("Where figures are written.")] = Path("figures"),
+    figures_dir: Annotated[
+        Path | None,
+        opt("Also redraw every figure here at the end (e.g. figures) [default: run folders only]."),
+    ] = None,
     quiet: Annotated[bool, opt("No progress bars.")] = False,
     export: Annotated[
         Path | None, opt("Also copy the small result tables here (e.g. results/toy).")
@@ -75,6 +105,11 @@ def reproduce_command(
     from esr_lab.experiments import reproduce
 
     presets.load_preset(preset)  # an unknown preset fails before any work
+    options.writable_folder(results_dir, "--results-dir")
+    if figures_dir is not None:
+        options.writable_folder(figures_dir, "--figures-dir")
+    if export is not None:
+        options.writable_folder(export, "--export")
     if preset not in toy.TOY_WORLDS and not (student and teacher):
         raise UserError(f"--preset {preset} needs --student and --teacher (hub ids or folders)")
     world = preset if preset in toy.TOY_WORLDS else None
@@ -95,14 +130,17 @@ def reproduce_command(
         run_experiment(experiment, values)
 
     reproduce.run(reproduce.pick_steps(only, registry.reproduction_steps()), invoke)
-    for path in figures.rebuild_all(results_dir, figures_dir):
-        typer.echo(f"figure: {path}")
+    if figures_dir is not None:
+        for path in figures.rebuild_all(results_dir, figures_dir):
+            typer.echo(f"figure: {path}")
     if export is not None:
         copied = reproduce.export_summaries(results_dir, f"reproduce-{preset}", export)
         typer.echo(f"exported {len(copied)} files to {export}")
 
 
-@app.command("plot")
+@app.command(
+    "plot", short_help="Rebuild every figure from saved results alone (no model is loaded)."
+)
 def plot_command(
     results_dir: Annotated[Path, opt("Results folder to read.")] = Path("results"),
     out: Annotated[Path, opt("Folder for the figures.")] = Path("figures"),
@@ -110,7 +148,9 @@ def plot_command(
     """Rebuild every figure from saved results alone (no model is loaded)."""
     from esr_lab import figures
 
-    written = figures.rebuild_all(results_dir, out)
+    if not Path(results_dir).is_dir():
+        raise UserError(f"--results-dir {results_dir} is not a folder; pass a results folder")
+    written = figures.rebuild_all(results_dir, options.writable_folder(out, "--out"))
     if not written:
         raise UserError(
             f"no finished runs in '{results_dir}' to plot; run an experiment first "
@@ -120,7 +160,10 @@ def plot_command(
         typer.echo(f"wrote {path}")
 
 
-@app.command("build-toy")
+@app.command(
+    "build-toy",
+    short_help="Train a toy world's teacher and student (deterministic from the seed).",
+)
 def build_toy(
     world: Annotated[str, typer.Argument(help="toy, capable or micro.")] = "toy",
     out: Annotated[Path | None, opt("Folder [default: the cache].")] = None,
@@ -134,9 +177,17 @@ def build_toy(
 
 
 def main() -> None:
-    """Console entry point: one line and exit 2 for every user mistake."""
+    """Console entry point: one line and exit 2 for every user mistake, 130 / 143 with the
+    command that resumes for Ctrl-C / SIGTERM, the command list for a bare `esr-lab`."""
+    interrupts.install_sigterm()
     try:
-        app(standalone_mode=False)
+        if len(sys.argv) < 2:  # click would print a usage error without the commands
+            app(["--help"], prog_name="esr-lab", standalone_mode=False)
+            sys.exit(0)
+        code = app(prog_name="esr-lab", standalone_mode=False)
+    except interrupts.Stopped as stop:
+        print(f"esr-lab: {stop.line}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except typer.Exit as stop:
         sys.exit(stop.exit_code)
     except typer.TyperException as err:  # typer's own usage errors: bad option values
@@ -150,9 +201,17 @@ def main() -> None:
     except TrainingDiverged as err:
         print(f"esr-lab: training diverged: {err}", file=sys.stderr)
         sys.exit(1)
-    except (KeyboardInterrupt, typer.Abort):
-        print("esr-lab: interrupted; rerun with the same --run-id to resume", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort) as interrupt:  # outside a command: nothing ran yet
+        stop = interrupts.message(
+            interrupt if isinstance(interrupt, KeyboardInterrupt) else KeyboardInterrupt(),
+            sys.argv[1:],
+            takes_run_id=False,
+        )
+        print(f"esr-lab: {stop.line}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    if isinstance(code, int) and code == 130:  # typer caught an interrupt outside a command
+        print("esr-lab: stopped by Ctrl-C (SIGINT)", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,13 @@ Training prompts need no answer (OPD grades nothing): the code and function-call
 sets (`codeultrafeedback`, `glaive-fc`) have none, and `require_answer=False` accepts any file
 without one. Their answer is "".
 
-Every mistake a user can make here (bad path, bad column, unreachable hub id) is a one-line
-UserError that says what would work instead.
+The four fixed evaluation sets (MATH-500, AIME24, AMC23, the GSM8K test split) ship with the
+package (`esr_lab/data_files/benchmarks/`, origins and licences in its README.md): their aliases
+read those copies, so evaluation needs no network and cannot drift; their hub ids
+(`HuggingFaceH4/MATH-500`, ...) still load from the hub.
+
+Every mistake a user can make here (bad path, bad column, unreadable or malformed file,
+unreachable hub id) is a one-line UserError that names the file and says what would work.
 """
 
 import json
@@ -18,6 +23,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,7 @@ class DatasetSpec:
     config: str | None = None
     extract: str = "auto"
     prompt_of: Callable[[dict], str | None] | None = None  # a prompt built from the whole row
+    shipped: str | None = None  # the package's copy (data_files/benchmarks/), read instead
 
 
 _TURN_RE = re.compile(r"USER:\s*(.*?)(?=\n\s*(?:ASSISTANT|FUNCTION RESPONSE|USER):|\Z)", re.DOTALL)
@@ -72,10 +79,16 @@ def glaive_prompt(row: dict) -> str | None:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "math500": DatasetSpec("HuggingFaceH4/MATH-500", "test", "problem", "answer"),
-    "aime24": DatasetSpec("HuggingFaceH4/aime_2024", "train", "problem", "answer"),
-    "amc23": DatasetSpec("math-ai/amc23", "test", "question", "answer"),
-    "gsm8k": DatasetSpec("openai/gsm8k", "test", "question", "answer", "main", "####"),
+    "math500": DatasetSpec(
+        "HuggingFaceH4/MATH-500", "test", "problem", "answer", shipped="math500.jsonl"
+    ),
+    "aime24": DatasetSpec(
+        "HuggingFaceH4/aime_2024", "train", "problem", "answer", shipped="aime24.jsonl"
+    ),
+    "amc23": DatasetSpec("math-ai/amc23", "test", "question", "answer", shipped="amc23.jsonl"),
+    "gsm8k": DatasetSpec(
+        "openai/gsm8k", "test", "question", "answer", "main", "####", shipped="gsm8k_test.jsonl"
+    ),
     "numinamath": DatasetSpec(
         "AI-MO/NuminaMath-CoT", "train", "problem", "solution", None, "boxed"
     ),
@@ -84,6 +97,15 @@ DATASETS: dict[str, DatasetSpec] = {
         "glaiveai/glaive-function-calling-v2", "train", "chat", None, prompt_of=glaive_prompt
     ),
 }
+
+
+def shipped_file(alias: str) -> Path:
+    """The package's copy of an evaluation set (`math500`, `aime24`, `amc23`, `gsm8k`)."""
+    spec = DATASETS.get(alias)
+    if spec is None or spec.shipped is None:
+        shipped = ", ".join(name for name, s in DATASETS.items() if s.shipped)
+        raise UserError(f"no shipped copy of {alias!r}; shipped: {shipped}")
+    return Path(str(resources.files("esr_lab") / "data_files" / "benchmarks" / spec.shipped))
 
 
 def _after_hashes(text: str) -> str | None:
@@ -113,37 +135,89 @@ def _clean_answer(value: Any, extract: str) -> str | None:
 
 def _read_jsonl(path: Path) -> list[dict]:
     """json per line; plain json keeps answers like "0.50" as strings, unlike pandas' inference."""
+    rows = []
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UserError(
+                    f"{path} line {number} is not valid JSON ({e.__class__.__name__}: "
+                    f"{str(e).split(':')[0]}); each line must be one JSON object"
+                ) from e
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"{path} line {number} is a JSON {type(row).__name__}, not an object; "
+                    "each line must be one JSON object"
+                )
+            rows.append(row)
+    return rows
 
 
 def _read_json(path: Path) -> list[dict]:
     """A list of records, or a dict of equal-length columns."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e.__class__.__name__}: {str(e).split(':')[0]}); "
+            "pass a list of records or a .jsonl file"
+        ) from e
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        if len({len(v) for v in data.values()}) > 1:
+            raise UserError(f"{path} has columns of different lengths; pass equal-length columns")
         return [dict(zip(data, row, strict=True)) for row in zip(*data.values(), strict=True)]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
         return data
     raise UserError(f"{path} is not a list of records or a dict of columns; use .jsonl instead")
 
 
-def read_table_file(path: Path) -> list[dict]:
-    """Rows of a local .jsonl/.json/.parquet/.csv file."""
+def _read_parquet(path: Path) -> list[dict]:
     import pandas as pd
 
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".parquet":
-        return pd.read_parquet(path).to_dict("records")
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
-    raise UserError(
-        f"cannot read {str(path)!r}; use one of {', '.join(LOCAL_SUFFIXES)} files "
-        "or a folder saved with save_to_disk"
-    )
+    return pd.read_parquet(path).to_dict("records")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import pandas as pd
+
+    return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
+
+
+READERS: dict[str, Callable[[Path], list[dict]]] = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".parquet": _read_parquet,
+    ".csv": _read_csv,
+}
+
+
+def read_table_file(path: Path) -> list[dict]:
+    """Rows of a local .jsonl/.json/.parquet/.csv file; an unreadable, binary, truncated or
+    malformed file is a one-line UserError naming it."""
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(
+            f"cannot read {str(path)!r}; use one of {', '.join(LOCAL_SUFFIXES)} files "
+            "or a folder saved with save_to_disk"
+        )
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a {path.suffix} file")
+    try:
+        return reader(path)
+    except UserError:
+        raise
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); is it a binary file?") from e
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from e
+    except Exception as e:  # pyarrow's and pandas' parse errors have no common base class
+        raise UserError(
+            f"cannot read {path} as {path.suffix[1:]} ({_reason(e)}); check the file"
+        ) from e
 
 
 def _pick_split(splits: Any, split: str | None, name: str) -> Any:
@@ -221,6 +295,8 @@ def _is_local(name: str) -> bool:
 
 def _load_rows(name: str, spec: DatasetSpec | None, split: str | None) -> Any:
     """Rows (a list of dicts or a datasets.Dataset) of an alias, a local path or a hub id."""
+    if spec is not None and spec.shipped is not None and split in (None, spec.split):
+        return read_table_file(shipped_file(name))
     if spec is not None:
         return load_hub_rows(spec.hub_id, spec.config, split or spec.split)
     if not _is_local(name):
@@ -245,7 +321,7 @@ def _missing_column(name: str, column: str, columns: list[str]) -> UserError:
     """The one-line error for a column the dataset doesn't have."""
     return UserError(
         f"dataset {name!r} has no column {column!r}; columns: {', '.join(columns)} "
-        "(pass --problem-column/--answer-column)"
+        f"(rename the columns to {PROBLEM_COLUMNS[0]}/{ANSWER_COLUMNS[0]})"
     )
 
 
@@ -263,7 +339,7 @@ def _pick_column(
     raise UserError(
         f"dataset {name!r} has no {what} column (looked for "
         f"{', '.join(candidates)}); columns: {', '.join(columns)} "
-        "(pass --problem-column/--answer-column)"
+        f"(rename the columns to {PROBLEM_COLUMNS[0]}/{ANSWER_COLUMNS[0]})"
     )
 
 
@@ -371,6 +447,6 @@ def load_problems(
     if not problems:
         raise UserError(
             f"dataset {name!r} has no problems with both a problem and an answer; "
-            "check the file or pass --problem-column/--answer-column"
+            f"check the file (columns {PROBLEM_COLUMNS[0]} and {ANSWER_COLUMNS[0]})"
         )
     return problems

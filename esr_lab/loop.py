@@ -21,9 +21,20 @@ import pandas as pd
 import torch
 from filelock import FileLock
 
-from esr_lab import distributed, train
+from esr_lab import distributed, interrupts, train
 from esr_lab.console import progress_bar
-from esr_lab.records import SCHEMAS, RunDir, config_hash, open_run, write_json, write_table
+from esr_lab.errors import UserError
+from esr_lab.records import (
+    SCHEMAS,
+    RunDir,
+    config_hash,
+    current_umask,
+    existing_run,
+    open_run,
+    with_input_hashes,
+    write_json,
+    write_table,
+)
 from esr_lab.train import TrainConfig, Trainer
 
 
@@ -44,14 +55,22 @@ def save_checkpoint(trainer: Trainer, run_dir: RunDir, step: int, steps, evals, 
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    trainer.model.save_pretrained(tmp / "model")
-    torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(trainer.scheduler.state_dict(), tmp / "scheduler.pt")
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; results are not
+    try:
+        trainer.model.save_pretrained(tmp / "model")
+        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(trainer.scheduler.state_dict(), tmp / "scheduler.pt")
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write checkpoint {final}: {e}".splitlines()[0]) from e
     write_json(tmp / "state.json", {"step": step})
+    # metrics first: restore() cuts them at the checkpoint it finds, so a kill between the two
+    # writes resumes from the previous checkpoint instead of a checkpoint without its metrics
+    _write_metrics(run_dir, steps, evals, samples)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    _write_metrics(run_dir, steps, evals, samples)
+    interrupts.note_checkpoint(step, run_dir.path)
 
 
 def _write_metrics(run_dir: RunDir, steps, evals, samples) -> None:
@@ -139,15 +158,17 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
         run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
         evals = pd.read_parquet(run_dir.path / "evals.parquet")
         return RunResult(run_dir, pd.read_parquet(finished), evals)
-    trainer = train.setup(cfg)
     config = train.config_dict(cfg)
+    if run_id is not None:  # a run id taken by other settings is refused before models load
+        group.on_main(lambda: existing_run(results_dir, experiment, config, run_id))
+    trainer = train.setup(cfg)
     run_dir = group.on_main(lambda: open_run(results_dir, experiment, config, run_id))
     start, steps, evals, samples = restore(trainer, run_dir)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(cfg.label, total=cfg.steps + 1, completed=start)
+        # the bar counts training steps; the evaluation of the untrained student precedes them
+        task = bar.add_task(cfg.label, total=cfg.steps, completed=max(start - 1, 0))
         if start == 0:
             samples = _evaluate(trainer, run_dir, 0, evals, samples)
-            bar.advance(task)
             start = 1
         for step in range(start, cfg.steps + 1):
             steps.append(train.train_step(trainer, step))
@@ -199,7 +220,7 @@ def run_summary(evals: pd.DataFrame, cfg: TrainConfig, run_id: str) -> pd.DataFr
 def variant_run_id(cfg: TrainConfig) -> str:
     """The run id a training config always gets: its label and a hash of its settings."""
     resolved = cfg.resolved()
-    return f"{resolved.label}-{config_hash(train.config_dict(resolved))}"
+    return f"{resolved.label}-{config_hash(with_input_hashes(train.config_dict(resolved)))}"
 
 
 def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool) -> RunResult:

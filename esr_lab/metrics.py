@@ -41,12 +41,19 @@ def sample_answers(
     sampling: Sampling,
     seed_keys: tuple,
     style: PromptStyle | None = None,
+    show_progress: bool = False,
 ) -> pd.DataFrame:
-    """k seeded samples per problem (prompted in `style`, else the policy's own); one row each."""
+    """k seeded samples per problem (prompted in `style`, else the policy's own); one row each.
+
+    With `show_progress`, rows go to the engine one of its batches at a time under a progress
+    bar; every row has its own seed, so the samples are the same either way."""
     pairs = [(p, j) for p in problems for j in range(k)]
     prompts = [policy.prompt_ids(p.problem, style) for p, _ in pairs]
     seeds = [row_seed(*seed_keys, p.id, j) for p, j in pairs]
-    rollouts = policy.engine.generate(prompts, seeds, sampling)
+    if show_progress:
+        rollouts = _generate_with_bar(policy.engine, prompts, seeds, sampling)
+    else:
+        rollouts = policy.engine.generate(prompts, seeds, sampling)
     responses = [policy.response_ids(rollouts, i) for i in range(len(pairs))]
     return pd.DataFrame(
         {
@@ -57,6 +64,24 @@ def sample_answers(
             "finished": rollouts.finished,
         }
     )
+
+
+def _generate_with_bar(engine, prompts, seeds, sampling: Sampling):
+    """engine.generate in the engine's own batches (all at once if it has none), with a bar."""
+    from esr_lab.console import progress_bar
+    from esr_lab.rollout import Rollouts
+
+    size = getattr(engine, "batch_size", None) or len(prompts)
+    out = Rollouts([], [], [], [])
+    with progress_bar() as bar:
+        task = bar.add_task("sampling", total=len(prompts))
+        for start in range(0, len(prompts), size):
+            part = engine.generate(
+                prompts[start : start + size], seeds[start : start + size], sampling
+            )
+            out.extend(part)
+            bar.advance(task, len(part))
+    return out
 
 
 def grade_samples(

@@ -7,6 +7,7 @@ default (`recipes.settings`).
 """
 
 import inspect
+import tempfile
 import typing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -108,7 +109,9 @@ class SamplingOptions:
 class RunOptions:
     seed: Annotated[int, opt("Seed; every sample's seed derives from it.")] = 0
     results_dir: Annotated[Path, opt("Where run folders are written.")] = Path("results")
-    figures_dir: Annotated[Path, opt("Where figures are written.")] = Path("figures")
+    figures_dir: Annotated[
+        Path | None, opt("Also write the figure here [default: only in the run folder].")
+    ] = None
     run_id: Annotated[str | None, opt("Run name; an existing run resumes.")] = None
     quiet: Annotated[bool, opt("No progress bars.")] = False
 
@@ -242,14 +245,41 @@ class Given:
         return self.sampling.sampling(model or self.models.student)
 
     def paths(self, own) -> Paths:
-        """Where the run writes: the run group's options, else the command's own."""
+        """Where the run writes: the run group's options, else the command's own; folders that
+        cannot be written are refused here, before any work."""
         source = self.run or own
+        figures_dir = getattr(source, "figures_dir", None)
         return Paths(
-            results_dir=source.results_dir,
-            figures_dir=getattr(source, "figures_dir", Paths.figures_dir),
+            results_dir=writable_folder(source.results_dir, "--results-dir"),
+            figures_dir=None
+            if figures_dir is None
+            else writable_folder(figures_dir, "--figures-dir"),
             run_id=source.run_id,
             show_progress=not getattr(source, "quiet", False),
         )
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """`path` if it is, or can become, a folder esr-lab can write in; else a one-line error.
+
+    Checked by writing a temporary file in the nearest folder that exists (permission bits do not
+    stop root, a read-only file system does), so nothing of a run is made before it fails.
+    """
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UserError(f"{flag} {path} {what}; pass a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{flag} {path} cannot be written ({e.strerror or e}); pass a folder you can write"
+        ) from e
+    return path
 
 
 GROUPS: dict[type, str] = {

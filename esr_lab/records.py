@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from esr_lab import interrupts
 from esr_lab.errors import UserError
 
 # What grading a math response adds to it (metrics.grade_samples), in every table of graded math.
@@ -157,6 +159,19 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 
 VERSIONED_LIBRARIES = ("torch", "transformers", "peft", "datasets", "math-verify", "vllm")
 VOLATILE_KEYS = ("created", "git_commit", "versions", "run_id")
+# Options that name an input: where one is a local file or folder, the run's identity holds a
+# hash of its content ("inputs" in config.json), so an edited file is another run, not this one.
+INPUT_KEYS = (
+    "dataset",
+    "train_dataset",
+    "eval_dataset",
+    "responses",
+    "student",
+    "teacher",
+    "model",
+    "adapter",
+)
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
 
 
 def git_commit() -> str:
@@ -189,18 +204,36 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` so that `path` is either the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` so that `path` is either the old file or the whole new one, never half.
+
+    The file gets the permissions of an ordinary new file under the user's umask (mkstemp's own
+    are private). A failed write (a full disk, a folder that cannot be written) is a one-line
+    UserError naming the file; the old file, if any, is left as it was.
+    """
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -223,6 +256,64 @@ def write_table(path: Path, frame: pd.DataFrame, schema: str) -> None:
     if tuple(frame.columns) != expected:
         raise ValueError(f"{schema} columns {tuple(frame.columns)} != declared {expected}")
     atomic_write_bytes(path, frame.to_parquet(index=False))
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of one file's bytes, computed once per process for an unchanged file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from e
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in order)."""
+    if path.is_file():
+        return _file_sha256(path)[:16]
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(file)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def with_input_hashes(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` plus `inputs`: the content hash of every INPUT_KEYS value that is a local file
+    or folder (none: the config as it is, so runs of named models and datasets keep their
+    ids)."""
+    inputs = {}
+    for key in INPUT_KEYS:
+        value = config.get(key)
+        if isinstance(value, str | Path) and str(value):
+            path = Path(value).expanduser()
+            if path.exists():
+                inputs[key] = content_hash(path)
+    return dict(config, inputs=inputs) if inputs else dict(config)
+
+
+def differences(saved: dict[str, Any], config: dict[str, Any], most: int = 4) -> str:
+    """The settings in which two configs differ, for a one-line refusal."""
+    saved_inputs, new_inputs = saved.get("inputs", {}), config.get("inputs", {})
+    keys = sorted(k for k in set(saved) | set(config) if k not in (*VOLATILE_KEYS, "inputs"))
+    changed = [
+        f"{k}: {saved.get(k, '(unset)')!r} -> {config.get(k, '(unset)')!r}"
+        for k in keys
+        if saved.get(k) != config.get(k)
+    ]
+    changed += [
+        f"content of {config.get(k, saved.get(k))} ({k}) changed since the run was made"
+        for k in sorted(set(saved_inputs) | set(new_inputs))
+        if saved_inputs.get(k) != new_inputs.get(k) and saved.get(k) == config.get(k)
+    ]
+    more = f"; and {len(changed) - most} more" if len(changed) > most else ""
+    return "; ".join(changed[:most]) + more
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -261,20 +352,14 @@ def open_run(
 ) -> RunDir:
     """Create a new run folder, or reopen `run_id` to resume it if its config is the same.
 
-    `config` is the run's options; the commit, versions, date and run id are added here.
+    `config` is the run's options; the content hashes of its input files, the commit, versions,
+    date and run id are added here.
     """
     root = Path(results_dir) / experiment
-    if run_id is not None:
-        _check_run_id(run_id)
-        existing = root / run_id / "config.json"
-        if existing.is_file():
-            saved = json.loads(existing.read_text())
-            if config_hash(saved) != config_hash(config):
-                raise UserError(
-                    f"run '{run_id}' already exists in {root} with a different config; "
-                    "pick another --run-id, or none for a fresh one"
-                )
-            return RunDir(root / run_id, run_id, resumed=True)
+    config = with_input_hashes(config)
+    if run_id is not None and existing_run(results_dir, experiment, config, run_id):
+        interrupts.note_run(root / run_id, run_id)
+        return RunDir(root / run_id, run_id, resumed=True)
     run_id = run_id or _fresh_run_id(root, config)
     path = root / run_id
     full = dict(
@@ -284,9 +369,49 @@ def open_run(
         git_commit=git_commit(),
         versions=library_versions(),
     )
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / "config.json", full)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {path}: {e.strerror or e}") from e
+    try:
+        write_json(path / "config.json", full)
+    except UserError:  # a full disk, say: leave no run folder without its config behind
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    interrupts.note_run(path, run_id)
     return RunDir(path, run_id, resumed=False)
+
+
+def existing_run(results_dir: Path, experiment: str, config: dict[str, Any], run_id: str) -> bool:
+    """True if run `run_id` exists with this config (a resume); refuses one with another config
+    (other settings, or an input file whose content changed), naming what differs. Writes
+    nothing, so commands call it before loading models."""
+    _check_run_id(run_id)
+    root = Path(results_dir) / experiment
+    existing = root / run_id / "config.json"
+    if not existing.is_file():
+        return False
+    saved = _read_config(existing)
+    config = with_input_hashes(config)
+    if config_hash(saved) != config_hash(config):
+        raise UserError(
+            f"run '{run_id}' already exists in {root} with other settings "
+            f"({differences(saved, config)}); pick another --run-id, or none for a fresh one"
+        )
+    return True
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A saved config.json; a damaged one is a one-line error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {path} ({type(e).__name__}); remove that run folder or pick another "
+            "--run-id"
+        ) from e
 
 
 def _check_run_id(run_id: str) -> None:

@@ -15,8 +15,10 @@ on any device and in any batch.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol
 
 import torch
@@ -40,6 +42,13 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+    def extend(self, other: Rollouts) -> None:
+        """Append another batch's rows after these."""
+        self.prompt_ids += other.prompt_ids
+        self.completion_ids += other.completion_ids
+        self.logprobs += other.logprobs
+        self.finished += other.finished
 
 
 class RolloutEngine(Protocol):
@@ -152,6 +161,23 @@ def response_budgets(
     return budgets
 
 
+@cache
+def _cache_keyword(model_class: type) -> str:
+    """The forward argument that takes the KV cache: `cache` from transformers 5.25 on (where
+    `past_key_values` warns, and goes in 5.40), `past_key_values` before."""
+    return (
+        "cache"
+        if "cache" in inspect.signature(model_class.forward).parameters
+        else "past_key_values"
+    )
+
+
+def cache_keyword(model) -> str:
+    """`_cache_keyword` of the transformers model under a peft wrapper, if any."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_keyword(type(base))
+
+
 class TransformersEngine:
     """Batched sampling with a transformers causal LM and its KV cache."""
 
@@ -172,10 +198,7 @@ class TransformersEngine:
                 seeds[start : start + self.batch_size],
                 sampling,
             )
-            out.prompt_ids += part.prompt_ids
-            out.completion_ids += part.completion_ids
-            out.logprobs += part.logprobs
-            out.finished += part.finished
+            out.extend(part)
         return out
 
     @torch.inference_mode()
@@ -196,7 +219,7 @@ class TransformersEngine:
             [prompt_mask_BL, prompt_mask_BL.new_ones((len(prompts), int(budget_B.max())))], -1
         )
         uniforms_BT = row_uniforms(seeds, sampling.max_new_tokens, device)
-        cache = DynamicCache(config=model.config)
+        kv_cache = {cache_keyword(model): DynamicCache(config=model.config)}
         batch = len(prompts)
         tokens_BT = torch.full((batch, sampling.max_new_tokens), pad_id, device=device)
         logp_BT = torch.zeros((batch, sampling.max_new_tokens), device=device)
@@ -213,8 +236,8 @@ class TransformersEngine:
                     input_ids=step_ids_BL,
                     attention_mask=grown_mask_BL[:, : width + t],
                     position_ids=positions_BL,
-                    past_key_values=cache,
                     use_cache=True,
+                    **kv_cache,
                     logits_to_keep=1,
                 ).logits[:, -1]
             next_B, next_logp_B = sample_next(logits, sampling, uniforms_BT[:, t])

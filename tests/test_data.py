@@ -1,4 +1,4 @@
-"""Loading prompt sets: the shared jsonl files, parquet, save_to_disk folders and the errors."""
+"""Loading prompt sets: the shipped jsonl files, parquet, save_to_disk folders and the errors."""
 
 import json
 import time
@@ -9,11 +9,10 @@ import huggingface_hub.constants
 import pandas as pd
 import pytest
 
-from esr_lab.data import DATASETS, Problem, load_problems
+from esr_lab.data import DATASETS, Problem, load_problems, shipped_file
 from esr_lab.errors import UserError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MATH500 = str(DATA / "math500.jsonl")
+MATH500 = str(shipped_file("math500"))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -34,15 +33,28 @@ def test_math500_solution_column_gives_boxed_answer():
     assert problems[0].answer == r"\left( 3, \frac{\pi}{2} \right)"
 
 
-def test_shared_files():
-    aime = load_problems(str(DATA / "aime24.jsonl"))
-    amc = load_problems(str(DATA / "amc23.jsonl"))
-    gsm = load_problems(str(DATA / "gsm8k_test.jsonl"))
+def test_shipped_files():
+    aime = load_problems(str(shipped_file("aime24")))
+    amc = load_problems(str(shipped_file("amc23")))
+    gsm = load_problems(str(shipped_file("gsm8k")))
     assert (len(aime), len(amc), len(gsm)) == (30, 40, 1319)
     assert aime[0].answer == "204"
     assert amc[0].answer == "27" and amc[0].id == "0"  # stored as the float 27.0
     assert gsm[0].answer == "18" and gsm[0].problem.startswith("Janet")
     assert all("####" not in p.answer and "," not in p.answer for p in gsm)
+
+
+def test_aliases_read_the_shipped_copies_without_the_hub(monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("an alias with a shipped copy went to the hub")
+
+    monkeypatch.setattr("esr_lab.data.load_hub_rows", no_hub)
+    assert load_problems("math500") == load_problems(MATH500)
+    gsm = load_problems("gsm8k", limit=2)
+    assert gsm[0].answer == "18" and gsm[0].id == "0"
+    assert [len(load_problems(a)) for a in ("aime24", "amc23")] == [30, 40]
+    with pytest.raises(UserError, match="no shipped copy of 'numinamath'"):
+        shipped_file("numinamath")
 
 
 def test_limit_keeps_the_first_rows():
@@ -83,7 +95,7 @@ def test_missing_column(tmp_path):
     with pytest.raises(UserError, match=r"has no column 'foo'; columns: problem, answer"):
         load_problems(path, answer_column="foo")
     no_answer = _write_jsonl(tmp_path / "y.jsonl", [{"problem": "p", "notes": "n"}])
-    with pytest.raises(UserError, match="--problem-column/--answer-column"):
+    with pytest.raises(UserError, match="rename the columns to problem/answer"):
         load_problems(no_answer)
 
 

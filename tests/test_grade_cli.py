@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 
 from esr_lab.bfcl import load_call_problems
+from esr_lab.data import shipped_file
 from esr_lab.humaneval import load_code_problems
 from esr_lab.records import SCHEMAS
 from esr_lab.tasks import TASKS
 from tests.helpers import run_cli
 
-MATH500 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl")
+MATH500 = str(shipped_file("math500"))
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:

@@ -3,10 +3,10 @@ own answers (recall) and against another problem's answer (false positives)."""
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
+from esr_lab.data import shipped_file
 from esr_lab.errors import UserError
 from esr_lab.grading import (
     EXTRACTION_MODES,
@@ -16,12 +16,10 @@ from esr_lab.grading import (
     is_repetitive,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
 def math500() -> list[dict]:
-    with (DATA / "math500.jsonl").open(encoding="utf-8") as f:
+    with shipped_file("math500").open(encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 

@@ -94,9 +94,9 @@ def run(cfg: EvalConfig, paths: Paths) -> Result:
         tasks.get_task(cfg.task)
     task = cfg.task or tasks.task_for_dataset(cfg.dataset or default_dataset(cfg.model))
     if task == "math":
-        run_dir, summary = _run_math(cfg, paths.results_dir, paths.run_id)
+        run_dir, summary = _run_math(cfg, paths)
     else:
-        run_dir, summary = _run_task(cfg, task, paths.results_dir, paths.run_id)
+        run_dir, summary = _run_task(cfg, task, paths)
     return Result(run_dir, {"summary": summary})
 
 
@@ -110,30 +110,34 @@ def _policy(cfg: EvalConfig) -> Policy:
     return policy
 
 
-def _run_task(cfg: EvalConfig, task: str, results_dir: Path, run_id: str | None):
+def _sample(cfg: EvalConfig, problems, task: str, dataset: str, paths: Paths):
+    """Load the model, open the run folder, and sample `cfg.samples` answers per problem."""
+    policy = _policy(cfg)
+    config = dict(asdict(cfg), task=task, dataset=dataset)
+    run_dir = open_run(paths.results_dir, "eval", config, paths.run_id)
+    seeds = (cfg.seed, "eval", 0)
+    samples = metrics.sample_answers(
+        policy, problems, cfg.samples, cfg.sampling, seeds, show_progress=paths.show_progress
+    )
+    return run_dir, samples
+
+
+def _run_task(cfg: EvalConfig, task: str, paths: Paths):
     """Code or function calling: sample, then grade as `esr-lab grade` does."""
     spec = tasks.get_task(task)
     dataset = cfg.dataset or spec.default_dataset
     problems = tasks.load_task_problems(task, dataset, cfg.limit)
     if cfg.pair.instruction == DEFAULT_INSTRUCTION:  # the math default gives way to the task's
         cfg = replace(cfg, pair=replace(cfg.pair, instruction=spec.instruction))
-    policy = _policy(cfg)
-    run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task=task, dataset=dataset), run_id)
-    samples = metrics.sample_answers(
-        policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
-    )
+    run_dir, samples = _sample(cfg, problems, task, dataset, paths)
     samples = samples[["problem_id", "sample", "completion"]]
     return run_dir, tasks.write_graded(run_dir, task, dataset, samples, problems)
 
 
-def _run_math(cfg: EvalConfig, results_dir: Path, run_id: str | None):
+def _run_math(cfg: EvalConfig, paths: Paths):
     dataset = cfg.dataset or default_dataset(cfg.model)
     problems = load_problems(dataset, limit=cfg.limit)
-    policy = _policy(cfg)
-    run_dir = open_run(results_dir, "eval", dict(asdict(cfg), task="math", dataset=dataset), run_id)
-    samples = metrics.sample_answers(
-        policy, problems, cfg.samples, cfg.sampling, (cfg.seed, "eval", 0)
-    )
+    run_dir, samples = _sample(cfg, problems, "math", dataset, paths)
     graded = metrics.grade_samples(samples, problems, cfg.extraction)
     graded.insert(0, "step", 0)
     graded.insert(0, "run_id", run_dir.run_id)

@@ -34,7 +34,7 @@ class Paths:
     """Where a run writes, under which id, and whether it shows progress bars."""
 
     results_dir: Path = Path("results")
-    figures_dir: Path = Path("figures")
+    figures_dir: Path | None = None  # a second copy of the figure, where asked
     run_id: str | None = None
     show_progress: bool = True
 
@@ -64,11 +64,14 @@ class Figure:
         self.plot(*(pd.read_parquet(run_folder / name) for name in self.reads), paths)
 
     def save(self, frames: tuple[pd.DataFrame, ...], paths: Paths, run_folder: Path) -> Path:
-        """Draw as a run ends, from the frames of `reads` it just wrote, into the figures folder
-        and the run folder; returns the figures folder's copy."""
-        figure = paths.figures_dir / self.file
-        self.plot(*frames, [figure, run_folder / self.file])
-        return figure
+        """Draw as a run ends, from the frames of `reads` it just wrote, into the run folder
+        (and the figures folder, where one was asked for); returns the last copy written.
+        Committed figures change only through `plot` and `reproduce --figures-dir`."""
+        targets = [run_folder / self.file]
+        if paths.figures_dir is not None:
+            targets.append(paths.figures_dir / self.file)
+        self.plot(*frames, targets)
+        return targets[-1]
 
 
 @dataclass(frozen=True)
