@@ -507,11 +507,17 @@ def student_prompt_ids(trainer: Trainer, problem: Problem) -> list[int]:
     the released code, `full_ids = prompt_ids + nothink_ids + response_ids`) that prompt then
     the teacher's no-think marker ids, which the student never saw while sampling. They are
     the teacher's ids, put in as they are: for Qwen2.5-Math under Qwen3 they name untrained
-    embedding rows past the student's tokenizer. A teacher without a marker adds nothing."""
+    embedding rows past the student's tokenizer. For a pair with different tokenizers, whose
+    ids mean nothing to each other, the marker's text goes in, tokenized by the student (as
+    `teacher_prompt_ids` carries the student's prompt over). A teacher without a marker adds
+    nothing."""
     prompt = trainer.student.prompt_ids(problem.problem)
     if trainer.cfg.student_context == "own":
         return prompt
     marker = trainer.teacher.no_think_ids
+    if trainer.cross_vocab is not None and marker:
+        text = trainer.teacher.tokenizer.decode(marker)
+        marker = trainer.student.tokenizer(text, add_special_tokens=False).input_ids
     rows = trainer.model.get_input_embeddings().weight.shape[0]
     if any(i >= rows for i in marker):
         raise UserError(
