@@ -337,8 +337,8 @@ def load_train_problems(cfg: TrainConfig) -> list[Problem]:
     with `random.Random(seed)`: the same seed draws the same problems in the same order."""
     split = "train" if cfg.train_dataset in TOY_WORLDS else None
     if cfg.train_sample == "first":
-        math = cfg.task == "math"
-        return load_problems(cfg.train_dataset, cfg.train_limit, split, require_answer=math)
+        graded = cfg.task == "math"  # math rows need a gold answer; others have none
+        return load_problems(cfg.train_dataset, cfg.train_limit, split, require_answer=graded)
     every = load_problems(cfg.train_dataset, split=split, require_answer=False)
     return random.Random(cfg.seed).sample(every, min(cfg.train_limit, len(every)))
 

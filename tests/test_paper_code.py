@@ -264,3 +264,20 @@ def test_rollouts_per_prompt_samples_each_prompt_with_distinct_seeds():
     assert len({p.id for p, _ in rows}) == 1 and [r for _, r in rows] == [0, 1, 2, 3]
     problems, responses = train.rollout(trainer, 1)
     assert len(problems) == 4 and len({tuple(r) for r in responses}) > 1
+
+
+def test_select_compares_forward_kl_under_paper_code():
+    from esr_lab.experiments import select
+    from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, TrainOptions
+
+    def selectors(recipe: str) -> tuple[str, ...]:
+        given = Given(
+            ModelOptions("micro-student", "micro-teacher"),
+            SamplingOptions(),
+            RunOptions(),
+            TrainOptions(recipe=recipe),
+        )
+        return select.configure(select.Options(), given).selectors
+
+    assert "top_fkl" in selectors("paper-code") and "top_rkl" not in selectors("paper-code")
+    assert "top_rkl" in selectors("esr-lab") and "top_fkl" not in selectors("esr-lab")
