@@ -41,7 +41,10 @@ class ModelPair:
 @dataclass(frozen=True)
 class Sampling:
     """Rollout sampling. The paper states temperature 0.7 and top-p 1.0 (its released code
-    samples training rollouts at top-p 0.95: `--recipe paper-code`).
+    samples training rollouts at top-p 0.95 under HF generate's default top-k 50:
+    `--recipe paper-code`).
+
+    `top_k`: only the k most likely ids are kept before the nucleus is taken (0: off).
 
     `stop_at_end_of_turn`: a response also ends at the token that closes the assistant's turn
     in the chat template (prompts.end_of_turn_id), not only at the model's EOS ids.
@@ -49,6 +52,7 @@ class Sampling:
 
     temperature: float = 0.7
     top_p: float = 1.0
+    top_k: int = 0
     max_new_tokens: int = TOY_MAX_NEW_TOKENS
     stop_at_end_of_turn: bool = True
 

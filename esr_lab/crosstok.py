@@ -18,6 +18,13 @@ Gemma-2 -> Gemma-3 pair) goes through text, and so does this module:
 3. "uld", Universal Logit Distillation, needs no shared strings: the L1 distance between the
    sorted probability vectors of the two full distributions.
 
+The released code's variant of this path (`--recipe paper-code`) is two options here:
+`neighbour=True` in the alignment gives a position that no teacher token covers the teacher
+token before it (a continuation byte reads the token covering its character, as the code's
+shared offsets do), and `clamped_reverse_kl` / `ROW_LOSS_CAP` are its clamps. A student token
+whose string the teacher lacks carries no loss in either: esr-lab's sampled-token loss needs it
+(the code's only loss, reverse KL over the shared strings, would not).
+
 API (B rows, T student response positions, U teacher response positions, S shared strings):
 
     vocab = shared_vocab(student_tok, teacher_tok)               # once per run; refuses a pair
@@ -70,6 +77,10 @@ from esr_lab.scoring import (
 # (two byte-level BPEs, two SentencePiece generations of one family) share far more.
 MIN_OVERLAP = 0.5
 CROSS_LOSSES = (*LOSSES, "uld")
+# The released code's clamps (on_policy_distill_positional.py): teacher log-probs over the
+# shared strings clamped to [TEACHER_LOGP_FLOOR, 0], each trajectory's loss at ROW_LOSS_CAP.
+TEACHER_LOGP_FLOOR = -20.0
+ROW_LOSS_CAP = 50.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,13 @@ def char_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]
     return text, spans
 
 
+def _preceding_token(offsets: Sequence[tuple[int, int]], char: int) -> int:
+    """The last token starting at or before `char` (the first token if none does): the
+    released code's neighbour for a character that no token covers."""
+    starts = [start for start, _ in offsets]
+    return max(0, sum(start <= char for start in starts) - 1)
+
+
 def _covering_token(offsets: Sequence[tuple[int, int]], length: int) -> list[int]:
     """For each character, the first token whose offsets cover it (-1 where none does).
 
@@ -174,17 +192,28 @@ class RowAlignment:
 
 
 def align_response(
-    student_tokenizer, teacher_tokenizer, response_ids: Sequence[int]
+    student_tokenizer, teacher_tokenizer, response_ids: Sequence[int], neighbour: bool = False
 ) -> RowAlignment:
     """Student token t reads teacher column j: j is the teacher token covering t's middle char.
 
     Column j of `scoring.response_logits` is the teacher's distribution predicting its response
     token j, so t is compared with what the teacher would write where t's text sits.
+    `neighbour` (the released code): a token with an empty span (a continuation byte) reads the
+    teacher token covering the character it continues, and a middle character that no teacher
+    token covers reads the teacher token starting last before it, so no column is -1 unless
+    the teacher has no tokens at all.
     """
     text, spans = char_spans(student_tokenizer, response_ids)
     encoded = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    owner = _covering_token(encoded["offset_mapping"], len(text))
-    columns = [owner[(start + end) // 2] if start < end else -1 for start, end in spans]
+    offsets = encoded["offset_mapping"]
+    owner = _covering_token(offsets, len(text))
+    columns = []
+    for start, end in spans:
+        char = (start + end) // 2 if start < end else (start - 1 if neighbour else -1)
+        column = owner[char] if 0 <= char < len(text) else -1
+        if column < 0 and neighbour and offsets:
+            column = _preceding_token(offsets, max(char, 0))
+        columns.append(column)
     return RowAlignment(text, spans, list(encoded["input_ids"]), columns)
 
 
@@ -218,13 +247,15 @@ def build_cross_batch(
     teacher_prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     vocab: SharedVocab,
+    neighbour: bool = False,
 ) -> CrossBatch:
     """Align every response and lay the teacher's inputs out as `scoring.build_batch` does.
 
     `teacher_prompts[i]` is row i's prompt in the teacher's own template (with its no-think
-    marker where it has one); `responses[i]` are the student's response ids, stop token removed.
+    marker where it has one); `responses[i]` are the student's response ids, stop token removed;
+    `neighbour` as in `align_response`.
     """
-    rows = [align_response(student_tokenizer, teacher_tokenizer, r) for r in responses]
+    rows = [align_response(student_tokenizer, teacher_tokenizer, r, neighbour) for r in responses]
     teacher = build_batch(
         teacher_prompts, [row.teacher_ids for row in rows], teacher_tokenizer.pad_token_id
     )
@@ -273,8 +304,12 @@ def cross_position_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     topk: int = 32,
+    clamp: bool = False,
 ) -> Tensor:
     """Per-position loss [B, T] between the student and its aligned teacher distribution.
+
+    `clamp` (reverse KL only): the released code's clamped teacher log-probs
+    (`clamped_reverse_kl`).
 
     "uld" compares the full distributions; every name of `divergences.LOSSES` is taken over
     the shared strings, reverse KL through the memory-lean chunked path ("uld" is not chunked:
@@ -288,6 +323,10 @@ def cross_position_loss(
         teacher_BTV = aligned_teacher_logits(teacher_logits_BUV, cross.columns_BT)
         return sorted_probability_l1(student_logits_BTV, teacher_BTV, temperature)
     student_BTS, teacher_BTS = shared_logits(student_logits_BTV, teacher_logits_BUV, cross, vocab)
+    if name == "reverse_kl" and clamp:
+        return clamped_reverse_kl(student_BTS, teacher_BTS, temperature)
+    if clamp:
+        raise UserError(f"the teacher log-prob clamp is for --loss reverse_kl, not {name}")
     if name == "reverse_kl":
         return chunked_reverse_kl(student_BTS, teacher_BTS, temperature=temperature)
     logp = {}
@@ -302,6 +341,18 @@ def cross_position_loss(
     return per_position_loss(
         name, student_BTS, teacher_BTS, temperature=temperature, beta=beta, topk=topk, **logp
     )
+
+
+def clamped_reverse_kl(student_BTS: Tensor, teacher_BTS: Tensor, temperature: float = 1.0):
+    """sum_s p_s (log p_s - max(log p_t, -20)) per position, both distributions renormalised
+    over the shared strings first: the released code's cross-tokenizer loss. The clamp comes
+    after the renormalisation and nothing renormalises after it, so a teacher that puts less
+    than e^-20 on a string is taken to put e^-20 there (its "distribution" then sums to a
+    little more than 1), which bounds the loss where the teacher rules a student token out."""
+    logp_s_BTS = torch.log_softmax(student_BTS.float() / temperature, dim=-1)
+    logp_t_BTS = torch.log_softmax(teacher_BTS.float() / temperature, dim=-1)
+    logp_t_BTS = logp_t_BTS.clamp(min=TEACHER_LOGP_FLOOR, max=0.0)
+    return (logp_s_BTS.exp() * (logp_s_BTS - logp_t_BTS)).sum(-1)
 
 
 @torch.no_grad()

@@ -186,7 +186,9 @@ def per_position_loss(
     return losses[name]()
 
 
-def reduce_loss(per_pos_BT: Tensor, mask_BT: Tensor, mode: str = "sequence_sum") -> Tensor:
+def reduce_loss(
+    per_pos_BT: Tensor, mask_BT: Tensor, mode: str = "sequence_sum", row_cap: float | None = None
+) -> Tensor:
     """Scalar loss from per-position values over the selected positions.
 
     "sequence_sum" is the paper's objective as written: sum over each sequence's selected
@@ -200,18 +202,24 @@ def reduce_loss(per_pos_BT: Tensor, mask_BT: Tensor, mode: str = "sequence_sum")
     "token_mean" is TRL's "batchmean": total over selected positions divided by their number
     (0 when there are none).
     Unselected positions are excluded with `where`, so NaN/inf there cannot leak into the sum.
+    `row_cap` (the released code's cross-tokenizer clamp, `loss_traj.clamp(max=50)`): each
+    row's mean over its selected positions is clamped at row_cap before the reduction, which
+    then reads the row as count x that mean; a row above the cap gets no gradient.
     """
     if mode not in REDUCTIONS:
         raise UserError(f"reduction {mode!r} is unknown; choose one of {', '.join(REDUCTIONS)}")
     mask_BT = mask_BT.bool()
     kept_BT = torch.where(mask_BT, per_pos_BT, torch.zeros_like(per_pos_BT))
+    counts_B = mask_BT.sum(-1)
+    sums_B = kept_BT.sum(-1)
+    if row_cap is not None:
+        sums_B = (sums_B / counts_B.clamp(min=1)).clamp(max=row_cap) * counts_B
     if mode == "sequence_sum":
-        return kept_BT.sum(-1).mean()
+        return sums_B.mean()
     if mode == "sequence_mean":
-        counts_B = mask_BT.sum(-1)
-        means_B = kept_BT.sum(-1) / counts_B.clamp(min=1)
+        means_B = sums_B / counts_B.clamp(min=1)
         return means_B.sum() / (counts_B > 0).sum().clamp(min=1)
-    return kept_BT.sum() / mask_BT.sum().clamp(min=1)
+    return sums_B.sum() / counts_B.sum().clamp(min=1)
 
 
 def _position_blocks(shape_BTV: torch.Size, chunk: int) -> list[tuple[int, slice]]:

@@ -78,6 +78,12 @@ class SamplingOptions:
         float | None,
         opt("Nucleus sampling mass [esr-lab: 1.0; paper-code: 0.95].", min=0.0, max=1.0),
     ] = None
+    top_k: Annotated[
+        int | None,
+        opt(
+            "Sample among the k likeliest ids, before top-p (0: off) [esr-lab: 0; paper-code: 50]."
+        ),
+    ] = None
     max_new_tokens: Annotated[
         int | None, opt("Response budget in tokens [default: 400 toy, 4096 real].", min=1)
     ] = None
@@ -95,6 +101,7 @@ class SamplingOptions:
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens,
             "stop_at_end_of_turn": self.stop_at_end_of_turn,
         }
@@ -162,11 +169,45 @@ class TrainOptions:
             "its no-think marker (student) [esr-lab: own; paper-code: student]."
         ),
     ] = None
+    student_context: Annotated[
+        str | None,
+        opt(
+            "Student scored on its prompt (own) or its prompt + the teacher's no-think marker "
+            "ids (teacher-marker) [esr-lab: own; paper-code: teacher-marker]."
+        ),
+    ] = None
+    strip_tokens: Annotated[
+        str | None,
+        opt(
+            "Without --loss-on-stop-token, strip every trailing special token (special) or "
+            "EOS, pad, <|im_end|>, <|endoftext|> only (eos-pad) [esr-lab: special; "
+            "paper-code: eos-pad]."
+        ),
+    ] = None
+    cross_clamp: Annotated[
+        bool | None,
+        opt(
+            "Different tokenizers: teacher log-probs clamped to [-20, 0], a row's loss at 50 "
+            "[esr-lab: off; paper-code: on].",
+            show_default=False,
+        ),
+    ] = None
+    cross_unaligned: Annotated[
+        str | None,
+        opt(
+            "Different tokenizers: a position no teacher token covers is masked (mask) or "
+            "reads the neighbouring one (neighbour) [esr-lab: mask; paper-code: neighbour]."
+        ),
+    ] = None
     steps: Annotated[int | None, opt("Training steps [paper: 200].")] = None
     batch: Annotated[int | None, opt("Prompts per step [paper: 16].")] = None
-    rollouts_per_prompt: Annotated[int, opt("Rollouts per prompt.")] = 1
+    rollouts_per_prompt: Annotated[
+        int | None, opt("Rollouts per prompt, each with its own seed [default: 1].")
+    ] = None
     micro_batch: Annotated[int | None, opt("Rows per forward/backward.")] = None
-    lr: Annotated[float | None, opt("Learning rate [paper: 5e-5].")] = None
+    lr: Annotated[
+        float | None, opt("Learning rate [5e-5; paper-code with --full-finetune: 5e-6].")
+    ] = None
     lr_schedule: Annotated[str | None, opt("constant [esr-lab] or cosine [paper-code].")] = None
     warmup_ratio: Annotated[
         float | None, opt("Share of steps warming up [esr-lab: 0; paper-code: 0.1].")
@@ -182,6 +223,13 @@ class TrainOptions:
     full_finetune: Annotated[bool, opt("Train all weights instead of LoRA.")] = False
     train_dataset: Annotated[str | None, opt("Training prompts [toy: its generator].")] = None
     train_limit: Annotated[int | None, opt("Training prompts used [paper: 3200].")] = None
+    train_sample: Annotated[
+        str | None,
+        opt(
+            "Training prompts: the set's first --train-limit (first) or a sample seeded by "
+            "--seed from every row (random) [esr-lab: first; paper-code: random]."
+        ),
+    ] = None
     eval_dataset: Annotated[str | None, opt("Eval set [default: math500 / toy test].")] = None
     eval_limit: Annotated[int | None, opt("Eval problems used.")] = None
     eval_samples: Annotated[int, opt("Samples per eval problem (avg@k).")] = 4
@@ -190,6 +238,9 @@ class TrainOptions:
         str | None, opt("math, humaneval or bfcl [default: from the eval dataset].")
     ] = None
     eval_top_p: Annotated[float | None, opt("Eval top-p [default: --top-p; paper-code: 1.0].")] = (
+        None
+    )
+    eval_top_k: Annotated[int | None, opt("Eval top-k [default: --top-k; paper-code: 0, off].")] = (
         None
     )
     eval_max_new_tokens: Annotated[

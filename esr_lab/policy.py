@@ -47,11 +47,24 @@ class Policy:
     def _special_ids(self) -> frozenset[int]:
         return frozenset(self.tokenizer.all_special_ids) | frozenset(self.loaded.stop_ids(True))
 
-    def strip_special_tail(self, ids: Sequence[int]) -> list[int]:
+    @cached_property
+    def _eos_pad_ids(self) -> frozenset[int]:
+        """The released code's `special_ids = {eos, pad, 151645, 151643}`: EOS, pad, and Qwen's
+        `<|im_end|>` and `<|endoftext|>` (named here by their strings, so that they mean the
+        same tokens under any Qwen tokenizer). Gemma's `<end_of_turn>` is not among them."""
+        tokenizer = self.tokenizer
+        ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        vocab = tokenizer.get_vocab()
+        ids |= {vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab}
+        return frozenset(i for i in ids if i is not None)
+
+    def strip_special_tail(self, ids: Sequence[int], every_special: bool = True) -> list[int]:
         """A response without its trailing stop and special tokens (the released code's
-        `while response_ids[-1] in special_ids: pop()`), so that none of them carries loss."""
+        `while response_ids[-1] in special_ids: pop()`), so that none of them carries loss.
+        `every_special=False` strips the released code's own set only (`_eos_pad_ids`)."""
+        strip = self._special_ids if every_special else self._eos_pad_ids
         end = len(ids)
-        while end and ids[end - 1] in self._special_ids:
+        while end and ids[end - 1] in strip:
             end -= 1
         return list(ids[:end])
 

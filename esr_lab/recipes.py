@@ -15,7 +15,21 @@ Why esr-lab's defaults differ where they do:
   model's EOS, which nothing then teaches.
 - the teacher reads the problem in its own chat template (what it was trained on); the code
   hands it the student's prompt tokens plus its no-think marker.
-- constant learning rate, no weight decay, no LoRA dropout, top-p 1.0: the paper's prose.
+- the student is scored on the prompt it sampled from; the code scores it after the teacher's
+  no-think marker ids as well, a context it never sampled in (for Qwen2.5-Math under Qwen3,
+  ids past its tokenizer: untrained embedding rows).
+- constant learning rate, no weight decay, no LoRA dropout, top-p 1.0, no top-k: the paper's
+  prose (the code's top-k 50 is HF generate's default, not a choice it states).
+- the first `train_limit` problems with a gold answer: a fixed, checkable set; the code draws
+  a seeded random sample of the whole set, unfiltered (`--train-sample random`; with --seed 42
+  it draws the code's own 3,200 NuminaMath problems).
+- one learning rate (5e-5) whatever is trained; the code fine-tunes all weights at 5e-6.
+- different tokenizers: a student token that no teacher token covers carries no loss, and
+  nothing is clamped; the code clamps the teacher's log-probs to [-20, 0] (they then sum to
+  more than 1) and each trajectory's loss at 50 (a zero gradient above it), and gives an
+  uncovered token its neighbour's teacher distribution.
+- with the stop token stripped, every trailing special token goes; the code strips EOS, pad,
+  `<|im_end|>` and `<|endoftext|>` only, so Gemma's `<end_of_turn>` keeps its loss.
 """
 
 from __future__ import annotations
@@ -35,9 +49,16 @@ RECIPES: dict[str, dict[str, object]] = {
         "top_p": 0.95,
         "loss_on_stop_token": False,
         "teacher_prompt": "student",
+        "student_context": "teacher-marker",
+        "strip_tokens": "eos-pad",
+        "cross_clamp": True,
+        "cross_unaligned": "neighbour",
+        "top_k": 50,  # HF generate's default, left in place by the code
+        "train_sample": "random",
         "stop_at_end_of_turn": False,
         "progressive_schedule": "step",
         "eval_top_p": 1.0,
+        "eval_top_k": 0,  # the code evaluates with vLLM, whose top-k is off by default
     },
 }
 # Prompt wording and token budgets belong to the models, not to the training recipe: a toy
@@ -52,6 +73,12 @@ REAL_MODEL_SETTINGS: dict[str, dict[str, object]] = {
         "eval_max_new_tokens": 2048,
     },
 }
+
+
+# Full fine-tuning's learning rate where a recipe has its own (docs/main_results.md of the
+# released code: 5e-6 for full fine-tuning, 5e-5 for LoRA). It applies when --full-finetune is
+# on and neither the command line nor the preset names a learning rate.
+FULL_FINETUNE_LR: dict[str, float] = {"paper-code": 5e-6}
 
 
 def recipe_values(name: str, student: str) -> dict[str, object]:
@@ -76,4 +103,7 @@ def settings(
     if not training:
         return {**preset, **given}
     name = recipe or preset.get("recipe") or "esr-lab"
-    return {**recipe_values(name, student), **preset, **given, "recipe": name}
+    values = {**recipe_values(name, student), **preset, **given, "recipe": name}
+    if values.get("full_finetune") and "lr" not in {**preset, **given}:
+        values.update({"lr": FULL_FINETUNE_LR[name]} if name in FULL_FINETUNE_LR else {})
+    return values

@@ -74,9 +74,16 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids_BL, mask_BL
 
 
-def sampling_logprobs(logits_BV: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Log-probs of the distribution actually sampled from (temperature, then nucleus)."""
+def sampling_logprobs(
+    logits_BV: torch.Tensor, temperature: float, top_p: float, top_k: int = 0
+) -> torch.Tensor:
+    """Log-probs of the distribution actually sampled from: temperature, then top-k, then the
+    nucleus of what top-k kept (HF generate's order of warpers; top_k 0 is off)."""
     logp_BV = torch.log_softmax(logits_BV.float() / max(temperature, 1e-6), dim=-1)
+    if 0 < top_k < logp_BV.shape[-1]:
+        # As HF's TopKLogitsWarper: ids tied with the k-th most likely one are kept too.
+        kth_B1 = logp_BV.topk(top_k, dim=-1).values[..., -1:]
+        logp_BV = torch.log_softmax(logp_BV.masked_fill(logp_BV < kth_B1, float("-inf")), -1)
     if top_p >= 1.0:
         return logp_BV
     sorted_BV, order_BV = logp_BV.sort(dim=-1, descending=True)
@@ -132,7 +139,7 @@ def sample_next(
         logp_BV = torch.log_softmax(logits_BV.float(), dim=-1)
         tokens_B = logp_BV.argmax(dim=-1)
     else:
-        logp_BV = sampling_logprobs(logits_BV, sampling.temperature, sampling.top_p)
+        logp_BV = sampling_logprobs(logits_BV, sampling.temperature, sampling.top_p, sampling.top_k)
         cdf_BV = logp_BV.double().exp().cumsum(dim=-1)
         target_B1 = (uniform_B * cdf_BV[:, -1])[:, None]
         tokens_B = torch.searchsorted(cdf_BV, target_B1, right=True)[:, 0]

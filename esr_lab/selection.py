@@ -19,6 +19,7 @@ SELECTORS = (
     "first_n",
     "all",
     "top_rkl",
+    "top_fkl",
     "top_student_entropy",
     "top_teacher_entropy",
     "rkl_x_hs",
@@ -30,6 +31,7 @@ SELECTORS = (
 # Score of each top-k selector = product of these statistics (names of select_positions args).
 _SCORE_FACTORS = {
     "top_rkl": ("rkl_BT",),
+    "top_fkl": ("fkl_BT",),
     "top_student_entropy": ("student_entropy_BT",),
     "top_teacher_entropy": ("teacher_entropy_BT",),
     "rkl_x_hs": ("rkl_BT", "student_entropy_BT"),
@@ -103,6 +105,7 @@ def select_positions(
     n: int | None = None,
     budget: int | None = None,
     rkl_BT: Tensor | None = None,
+    fkl_BT: Tensor | None = None,
     student_entropy_BT: Tensor | None = None,
     teacher_entropy_BT: Tensor | None = None,
     generators: Sequence[torch.Generator] | None = None,
@@ -132,6 +135,7 @@ def select_positions(
         return random_k(response_mask_BT, budget, generators, noise_width)
     stats = {
         "rkl_BT": rkl_BT,
+        "fkl_BT": fkl_BT,
         "student_entropy_BT": student_entropy_BT,
         "teacher_entropy_BT": teacher_entropy_BT,
     }

@@ -8,8 +8,9 @@ sequences) -> one optimizer step. ESR differs from full OPD only in `max_new_tok
 first-N selector, so with N >= the rollout length the two steps are the same computation.
 
 Where the paper's released code trains differently from esr-lab's defaults (the loss reduction,
-the schedule, the stripped stop token, top-p, weight decay, LoRA dropout, the teacher's prompt),
-each difference is a field here, and `recipes.py` names the two sets of values.
+the schedule, the stripped stop token, top-p and top-k, weight decay, LoRA dropout, the teacher's
+prompt, the student's scoring context, the draw of training problems, the cross-tokenizer
+clamps), each difference is a field here, and `recipes.py` names the two sets of values.
 
 Work is split into micro-batches of rows with gradient accumulation (weights chosen so the
 accumulated gradient equals the one-batch gradient), because full-vocabulary logits of 16
@@ -66,6 +67,10 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 STAT_SELECTORS = set(selection.SELECTORS) - {"first_n", "all", "random"}
 LR_SCHEDULES = ("constant", "cosine")
 TEACHER_PROMPTS = ("own", "student")
+STUDENT_CONTEXTS = ("own", "teacher-marker")
+TRAIN_SAMPLES = ("first", "random")
+STRIP_TOKENS = ("special", "eos-pad")
+CROSS_UNALIGNED = ("mask", "neighbour")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute the student's activations in the backward
     loss_on_stop_token: bool = True  # False: trailing stop/special tokens stripped before scoring
     teacher_prompt: str = "own"  # "student": the student's prompt ids + the teacher's no-think
+    student_context: str = "own"  # "teacher-marker": scored on prompt + teacher's no-think ids
+    strip_tokens: str = "special"  # what loss_on_stop_token=False strips (STRIP_TOKENS)
+    cross_clamp: bool = False  # cross pairs: teacher log-probs >= -20, a row's loss <= 50
+    cross_unaligned: str = "mask"  # cross pairs: "neighbour" reads the nearest teacher token
     steps: int = 200
     batch: int = 16
     rollouts_per_prompt: int = 1
@@ -103,6 +112,7 @@ class TrainConfig:
     sampling: Sampling = field(default_factory=Sampling)
     train_dataset: str | None = None
     train_limit: int = 3200
+    train_sample: str = "first"  # "random": a seeded sample of the whole set, unfiltered
     eval_dataset: str | None = None
     eval_limit: int | None = None
     eval_samples: int = 4
@@ -110,6 +120,7 @@ class TrainConfig:
     eval_instruction: str | None = None  # None: evaluation prompts are the training prompts
     eval_placement: str | None = None
     eval_top_p: float | None = None  # None: the rollouts' sampling settings
+    eval_top_k: int | None = None
     eval_max_new_tokens: int | None = None
     extraction: str = "last_boxed"
     task: str | None = None  # math, humaneval, bfcl (tasks.TASKS); None: from the eval dataset
@@ -163,6 +174,7 @@ class TrainConfig:
         return replace(
             self.sampling,
             top_p=self.sampling.top_p if self.eval_top_p is None else self.eval_top_p,
+            top_k=self.sampling.top_k if self.eval_top_k is None else self.eval_top_k,
             max_new_tokens=self.eval_max_new_tokens or self.sampling.max_new_tokens,
         )
 
@@ -230,6 +242,10 @@ class TrainConfig:
             "--reduction": (self.reduction, divergences.REDUCTIONS),
             "--lr-schedule": (self.lr_schedule, LR_SCHEDULES),
             "--teacher-prompt": (self.teacher_prompt, TEACHER_PROMPTS),
+            "--student-context": (self.student_context, STUDENT_CONTEXTS),
+            "--train-sample": (self.train_sample, TRAIN_SAMPLES),
+            "--strip-tokens": (self.strip_tokens, STRIP_TOKENS),
+            "--cross-unaligned": (self.cross_unaligned, CROSS_UNALIGNED),
             "--progressive-schedule": (self.progressive_schedule, selection.PROGRESSIVE_SCHEDULES),
             "--placement": (self.pair.placement, PLACEMENTS),
         }
@@ -241,6 +257,8 @@ class TrainConfig:
         _check_fraction("--top-p", self.sampling.top_p, 1e-6, 1.0)
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.sampling.top_k < 0:
+            raise UserError(f"--top-k must be >= 0 (0: off), got {self.sampling.top_k}")
         if self.loss == "sampled_token":
             _check_sampled_token(self)
 
@@ -306,13 +324,23 @@ class Trainer:
 def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
     """Training prompts (a toy world's own train split) and the task's evaluation problems.
     OPD needs no gold answer to train on, so code and function-calling prompts may lack one."""
-    split = "train" if cfg.train_dataset in TOY_WORLDS else None
-    train_problems = load_problems(
-        cfg.train_dataset, limit=cfg.train_limit, split=split, require_answer=cfg.task == "math"
-    )
+    train_problems = load_train_problems(cfg)
     if cfg.task == "math":
         return train_problems, load_problems(cfg.eval_dataset, limit=cfg.eval_limit)
     return train_problems, tasks.load_task_problems(cfg.task, cfg.eval_dataset, cfg.eval_limit)
+
+
+def load_train_problems(cfg: TrainConfig) -> list[Problem]:
+    """The training prompts: the first `train_limit` of the set (math rows with a gold answer),
+    or (train_sample "random", the released code's `random.sample(dataset, 3200)` after
+    `random.seed(42)`) a sample of `train_limit` drawn from every row of the set, answer or not,
+    with `random.Random(seed)`: the same seed draws the same problems in the same order."""
+    split = "train" if cfg.train_dataset in TOY_WORLDS else None
+    if cfg.train_sample == "first":
+        graded = cfg.task == "math"  # math rows need a gold answer; others have none
+        return load_problems(cfg.train_dataset, cfg.train_limit, split, require_answer=graded)
+    every = load_problems(cfg.train_dataset, split=split, require_answer=False)
+    return random.Random(cfg.seed).sample(every, min(cfg.train_limit, len(every)))
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -329,6 +357,11 @@ def vocabularies(student_tokenizer, teacher_tokenizer, cfg: TrainConfig):
         if cfg.loss == "uld":
             raise UserError("--loss uld is for pairs with different tokenizers; these share one")
         return shared_vocab_size(student_tokenizer, teacher_tokenizer), None
+    if cfg.cross_clamp and cfg.loss != "reverse_kl":
+        raise UserError(
+            f"--cross-clamp clamps the reverse KL of a pair with different tokenizers; "
+            f"--loss {cfg.loss} has no such clamp (use --no-cross-clamp)"
+        )
     strings = crosstok.shared_vocab(student_tokenizer, teacher_tokenizer, cfg.min_vocab_overlap)
     return len(student_tokenizer), strings
 
@@ -368,7 +401,8 @@ def setup(cfg: TrainConfig) -> Trainer:
     params = [p for p in student.loaded.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = list(range(len(train_problems)))
-    random.Random(cfg.seed).shuffle(order)
+    if cfg.train_sample == "first":  # a random sample is in random order already
+        random.Random(cfg.seed).shuffle(order)
     shuffled = [train_problems[i] for i in order]
     return Trainer(
         cfg,
@@ -387,8 +421,9 @@ def setup(cfg: TrainConfig) -> Trainer:
 
 def fusable(cfg: TrainConfig, student: Policy, teacher: Policy, cross_vocab) -> bool:
     """Whether the fused losses compute exactly this run's loss: one vocabulary, plain
-    linear heads, and no nucleus truncation to put into the sampled-token log-probs."""
-    if cross_vocab is not None or (cfg.loss == "sampled_token" and cfg.sampling.top_p < 1):
+    linear heads, and no top-p / top-k truncation to put into the sampled-token log-probs."""
+    truncated = cfg.sampling.top_p < 1 or cfg.sampling.top_k > 0
+    if cross_vocab is not None or (cfg.loss == "sampled_token" and truncated):
         return False
     return all(_plain_head(side.loaded) for side in (student, teacher))
 
@@ -443,7 +478,8 @@ def rollout(trainer: Trainer, step: int) -> tuple[list[Problem], list[list[int]]
         rollouts = trainer.student.engine.generate(prompts, seeds, sampling)
     responses = rollouts.completion_ids
     if not cfg.loss_on_stop_token:
-        responses = [trainer.student.strip_special_tail(ids) for ids in responses]
+        strip = trainer.student.strip_special_tail
+        responses = [strip(ids, cfg.strip_tokens == "special") for ids in responses]
     return [p for p, _ in rows], responses
 
 
@@ -466,6 +502,37 @@ def teacher_prompt_ids(trainer: Trainer, problem: Problem) -> list[int]:
     return prompt + trainer.teacher.no_think_ids
 
 
+def student_prompt_ids(trainer: Trainer, problem: Problem) -> list[int]:
+    """What the student is scored on before the response: the prompt it sampled from, or (as
+    the released code, `full_ids = prompt_ids + nothink_ids + response_ids`) that prompt then
+    the teacher's no-think marker ids, which the student never saw while sampling. They are
+    the teacher's ids, put in as they are: for Qwen2.5-Math under Qwen3 they name untrained
+    embedding rows past the student's tokenizer. For a pair with different tokenizers, whose
+    ids mean nothing to each other, the marker's text goes in, tokenized by the student (as
+    `teacher_prompt_ids` carries the student's prompt over). A teacher without a marker adds
+    nothing."""
+    prompt = trainer.student.prompt_ids(problem.problem)
+    if trainer.cfg.student_context == "own":
+        return prompt
+    marker = trainer.teacher.no_think_ids
+    if trainer.cross_vocab is not None and marker:
+        text = trainer.teacher.tokenizer.decode(marker)
+        marker = trainer.student.tokenizer(text, add_special_tokens=False).input_ids
+    rows = trainer.model.get_input_embeddings().weight.shape[0]
+    if any(i >= rows for i in marker):
+        raise UserError(
+            f"--student-context teacher-marker: the teacher's marker ids {marker} lie past the "
+            f"student's {rows} embedding rows; use --student-context own"
+        )
+    return prompt + marker
+
+
+def student_view(trainer: Trainer, problems: list[Problem], responses: list[list[int]]):
+    """The student's inputs: its context (student_prompt_ids), then the response ids."""
+    prompts = [student_prompt_ids(trainer, p) for p in problems]
+    return build_batch(prompts, responses, trainer.student.tokenizer.pad_token_id)
+
+
 def teacher_view(trainer: Trainer, problems: list[Problem], responses: list[list[int]]):
     """The teacher's inputs: the same response ids after its prompts, or (different
     tokenizers) a crosstok.CrossBatch holding its own tokens of the response text."""
@@ -473,8 +540,9 @@ def teacher_view(trainer: Trainer, problems: list[Problem], responses: list[list
     if trainer.cross_vocab is None:
         return build_batch(prompts, responses, trainer.teacher.tokenizer.pad_token_id)
     student_tok, teacher_tok = trainer.student.tokenizer, trainer.teacher.tokenizer
+    neighbour = trainer.cfg.cross_unaligned == "neighbour"
     return crosstok.build_cross_batch(
-        student_tok, teacher_tok, prompts, responses, trainer.cross_vocab
+        student_tok, teacher_tok, prompts, responses, trainer.cross_vocab, neighbour
     )
 
 
@@ -514,6 +582,7 @@ def loss_positions(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.T
         n=cfg.window(step),
         budget=cfg.budget,
         rkl_BT=_cpu(stats, "reverse_kl"),
+        fkl_BT=_cpu(stats, "forward_kl"),
         student_entropy_BT=_cpu(stats, "student_entropy"),
         teacher_entropy_BT=_cpu(stats, "teacher_entropy"),
         generators=generators,
@@ -531,7 +600,7 @@ def sampled_token_logps(trainer, s_logits, t_logits, tokens_BT) -> dict[str, tor
     under the distribution it sampled from (temperature, then nucleus), the teacher's at the
     same temperature, so the estimate targets KL(student_T || teacher_T)."""
     sampling = trainer.cfg.sampling
-    student_BTV = sampling_logprobs(s_logits, sampling.temperature, sampling.top_p)
+    student_BTV = sampling_logprobs(s_logits, sampling.temperature, sampling.top_p, sampling.top_k)
     return {
         "student_logp_BT": student_BTV.gather(-1, tokens_BT[..., None]).squeeze(-1),
         "teacher_logp_BT": token_logprobs(t_logits.float() / sampling.temperature, tokens_BT),
@@ -569,11 +638,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(device)
     first_row = group.shard(len(step_rows(trainer, step))).start
     problems, responses = rollout(trainer, step)
-    student_batch = build_batch(
-        [trainer.student.prompt_ids(p.problem) for p in problems],
-        responses,
-        trainer.student.tokenizer.pad_token_id,
-    )
+    student_batch = student_view(trainer, problems, responses)
     teacher_batch = teacher_view(trainer, problems, responses)
     full_mask_BT = loss_mask(trainer, student_batch, teacher_batch)
     chosen_BT = loss_positions(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
@@ -615,7 +680,8 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
 def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     """Placeholder scores: a top-k selector picks as many positions whatever the scores."""
     zeros = torch.zeros(mask_BT.shape)
-    return {"reverse_kl": zeros, "student_entropy": zeros, "teacher_entropy": zeros}
+    names = ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy")
+    return dict.fromkeys(names, zeros)
 
 
 def reduction_counts(selected_BT: torch.Tensor) -> dict[str, int]:
@@ -645,7 +711,8 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
         selected_BT = loss_positions(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
         weight = reduction_counts(selected_BT)[cfg.reduction] / batch_norm
-        loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction) * weight
+        cap = crosstok.ROW_LOSS_CAP if cross_clamped(trainer) else None
+        loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction, cap) * weight
         loss.backward()
     kl_BT = per_pos_BT.detach() if stats is None else stats["reverse_kl"]
     totals["loss"] += float(loss.detach())
@@ -653,6 +720,11 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
     totals["kl_all"] += float(kl_BT[mask_BT].sum())
     totals["selected"] += int(selected_BT.sum())
     totals["tokens"] += int(mask_BT.sum())
+
+
+def cross_clamped(trainer: Trainer) -> bool:
+    """Whether the released code's cross-tokenizer clamps apply: a pair scored through text."""
+    return trainer.cross_vocab is not None and trainer.cfg.cross_clamp
 
 
 def teacher_outputs(trainer: Trainer, t_batch) -> torch.Tensor:
@@ -705,6 +777,7 @@ def pair_loss(trainer: Trainer, s_out, t_out, t_batch, tokens_BT) -> torch.Tenso
     return crosstok.cross_position_loss(
         cfg.loss, s_out, t_out, t_batch, trainer.cross_vocab, tokens_BT,
         temperature=cfg.loss_temperature, beta=cfg.jsd_beta, topk=cfg.topk,
+        clamp=cross_clamped(trainer),
     )  # fmt: skip
 
 

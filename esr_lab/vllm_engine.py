@@ -39,6 +39,7 @@ def sampling_kwargs(sampling: Sampling, seed: int, stop_ids: list[int], max_toke
         "n": 1,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
+        "top_k": sampling.top_k or -1,  # vLLM's "off" is -1
         "max_tokens": max_tokens,
         "seed": seed,
         "stop_token_ids": stop_ids,

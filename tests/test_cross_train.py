@@ -21,15 +21,19 @@ def problems_file(tmp_path):
     return str(path)
 
 
-@pytest.mark.parametrize("loss", ["reverse_kl", "uld"])
+@pytest.mark.parametrize(
+    ("loss", "recipe"),
+    [("reverse_kl", "esr-lab"), ("uld", "esr-lab"), ("reverse_kl", "paper-code")],
+)
 def test_train_across_tokenizers(monkeypatch, capsys, tmp_path, llama_model_dir,
-                                 bpe_model_dir, problems_file, loss):  # fmt: skip
+                                 bpe_model_dir, problems_file, loss, recipe):  # fmt: skip
+    """paper-code: clamps, neighbour alignment and the marker in the student's context."""
     code, _, err = run_cli(
         monkeypatch, capsys, tmp_path, "train", "--student", str(llama_model_dir),
         "--teacher", str(bpe_model_dir), "--train-dataset", problems_file, "--eval-dataset",
         problems_file, "--steps", "2", "--batch", "2", "--micro-batch", "1", "--eval-every",
         "2", "--eval-samples", "1", "--max-new-tokens", "12", "--n", "6", "--loss", loss,
-        "--teacher-prompt", "student", "--run-id", "x", "--quiet",
+        "--teacher-prompt", "student", "--run-id", "x", "--quiet", "--recipe", recipe,
     )  # fmt: skip
     assert code == 0, err
     steps = pd.read_parquet(tmp_path / "results" / "train" / "x" / "steps.parquet")

@@ -90,6 +90,8 @@ def test_a_split_character_is_read_where_its_first_byte_is() -> None:
     assert text == "a é∑"
     assert spans == [(0, 1), (1, 2), (2, 3), (3, 3), (3, 4), (4, 4), (4, 4)]
     assert align_response(tok, tok, ids).columns == [0, 1, 2, -1, 4, -1, -1]
+    # The released code: a continuation byte reads the teacher token covering its character.
+    assert align_response(tok, tok, ids, neighbour=True).columns == [0, 1, 2, 2, 4, 4, 4]
 
 
 def _gemma_like_tokenizer() -> PreTrainedTokenizerFast:
@@ -137,6 +139,9 @@ def test_a_character_no_teacher_token_covers_has_no_alignment() -> None:
         -1,
         1,
     ]
+    # The released code: the space reads the teacher token before it ("a").
+    row = align_response(student, _whitespace_teacher(), _ids(student, "a b"), neighbour=True)
+    assert row.columns == [0, 0, 1]
 
 
 def _cross(columns: list[list[int]]) -> CrossBatch:

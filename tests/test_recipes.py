@@ -38,6 +38,13 @@ PAPER_CODE = {
     "loss_on_stop_token": False,
     "teacher_prompt": "student",
     "stop_at_end_of_turn": False,
+    "student_context": "teacher-marker",
+    "top_k": 50,
+    "eval_top_k": 0,
+    "train_sample": "random",
+    "strip_tokens": "eos-pad",
+    "cross_clamp": True,
+    "cross_unaligned": "neighbour",
 }
 
 

@@ -131,10 +131,11 @@ def test_select_positions_dispatch() -> None:
     rkl_BT = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5.0]] * 4)
     hs_BT = torch.tensor([[0, 0, 0, 5, 4, 3, 2, 1.0]] * 4)
     ht_BT = torch.tensor([[0, 0, 0, 1, 1, 1, 9, 1.0]] * 4)
-    kw = dict(rkl_BT=rkl_BT, student_entropy_BT=hs_BT, teacher_entropy_BT=ht_BT)
+    kw = dict(rkl_BT=rkl_BT, fkl_BT=hs_BT, student_entropy_BT=hs_BT, teacher_entropy_BT=ht_BT)
     # response ids 3..7 of row 0; each comment lists the scores there
     top_row = {
         "top_rkl": "......xx",  # 1 2 3 4 5
+        "top_fkl": "...xx...",  # 5 4 3 2 1
         "top_student_entropy": "...xx...",  # 5 4 3 2 1
         "top_teacher_entropy": "...x..x.",  # 1 1 1 9 1: 9, then the earliest 1
         "rkl_x_hs": "....xx..",  # 5 8 9 8 5: 9, then the earlier 8

@@ -61,10 +61,11 @@ def fake_engine(loaded, **kw) -> tuple[VLLMEngine, FakeLLM]:
 def test_sampling_params_carry_the_rows_settings_seed_and_stops():
     kw = sampling_kwargs(Sampling(temperature=0.7, top_p=0.95), 123, [2, 7], 50)
     assert kw == {
-        "n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 50, "seed": 123,
+        "n": 1, "temperature": 0.7, "top_p": 0.95, "top_k": -1, "max_tokens": 50, "seed": 123,
         "stop_token_ids": [2, 7], "logprobs": 0, "skip_special_tokens": False,
         "detokenize": False,
     }  # fmt: skip
+    assert sampling_kwargs(Sampling(top_k=50), 1, [2], 5)["top_k"] == 50
 
 
 def test_completion_keeps_its_stop_token_and_logprobs():

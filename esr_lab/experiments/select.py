@@ -47,6 +47,9 @@ BASELINES = (
     "rkl_x_ht_x_hs",
     "random",
 )
+# The released code's `top_kl` ranks by forward KL (selection.py): under its recipe the KL
+# baseline is that one.
+PAPER_CODE_BASELINES = tuple("top_fkl" if s == "top_rkl" else s for s in BASELINES)
 
 
 SCHEMAS = declare({"loss_share": ("run_id", "budget", "share")})
@@ -111,9 +114,12 @@ def configure(options: Options, given: Given) -> SelectConfig:
     values = settings(
         "select", given.models.student, {"budget": options.budget}, given.train.preset
     )
+    base = given.train.config(given)
     if options.selectors:
         values["selectors"] = tuple(s.strip() for s in options.selectors.split(","))
-    return SelectConfig(base=given.train.config(given), **values)
+    elif base.recipe == "paper-code":
+        values.setdefault("selectors", PAPER_CODE_BASELINES)
+    return SelectConfig(base=base, **values)
 
 
 def run(cfg: SelectConfig, paths: Paths) -> Result:

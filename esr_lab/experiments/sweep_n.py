@@ -52,6 +52,13 @@ class SweepConfig:
             raise UserError(f"--ns must be integers >= 1, got {list(self.ns)}")
         return self
 
+    @property
+    def progressive_range(self) -> tuple[int, int]:
+        """(N at step 1, largest N): the sweep's own range for the linear schedule; from 1 for
+        the released code's N = step (step 1 trains on 1 token, as its progressive run did)."""
+        start = 1 if self.base.progressive_schedule == "step" else min(self.ns)
+        return start, max(self.ns)
+
     def variants(self) -> list[TrainConfig]:
         self.resolved()  # every bad value a one-line error before anything is built
         esr = [replace(self.base, selector="first_n", n=n) for n in sorted(set(self.ns))]
@@ -59,8 +66,9 @@ class SweepConfig:
         if self.full:
             extra.append(replace(self.base, selector="all", n=None))
         if self.progressive:
-            schedule = (min(self.ns), max(self.ns))
-            extra.append(replace(self.base, selector="first_n", n=None, progressive=schedule))
+            extra.append(
+                replace(self.base, selector="first_n", n=None, progressive=self.progressive_range)
+            )
         return esr + extra
 
 
