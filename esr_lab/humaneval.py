@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from esr_lab import sandbox
 from esr_lab.errors import UserError
-from esr_lab.sandbox import DEFAULT_LIMITS, Limits, run_python
+from esr_lab.sandbox import Limits, run_python
 
 DATASETS = ("humaneval", "humaneval_plus")
 HUMANEVAL_PLUS_HUB = "evalplus/humanevalplus"
@@ -134,10 +135,12 @@ def build_program(problem: CodeProblem, response: str) -> str:
 def grade_code(
     samples: pd.DataFrame,
     problems: Sequence[CodeProblem],
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     workers: int | None = None,
 ) -> pd.DataFrame:
-    """Add `correct` and the sandbox `status` to each sample, running programs in parallel."""
+    """Add `correct` and the sandbox `status` to each sample, running programs in parallel
+    (limits: sandbox.DEFAULT_LIMITS, read at call time)."""
+    limits = limits or sandbox.DEFAULT_LIMITS
     by_id = {p.id: p for p in problems}
     programs = [
         build_program(by_id[pid], text)
