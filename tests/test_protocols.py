@@ -86,8 +86,7 @@ def test_paper_bfcl_prompt_is_the_released_codes():
             True,
         ),
         (
-            '<tool_call>{"name": "geo.distance", "arguments": {"city": "nyc", "km": 2}}</tool_call>'
-            "",
+            '<tool_call>{"name": "geo.distance", "arguments": {"city":"nyc","km":2}}</tool_call>',
             True,
             True,
         ),
