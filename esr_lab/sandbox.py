@@ -88,7 +88,8 @@ del _os, _posix, _subprocess, _mod, _name
 # Runs the program (program.py in its folder) and proves that it returned; see the docstring.
 HARNESS = """\
 import os, sys
-def _run(token=os.read(3, 64)):
+def _run():
+    token = os.read(3, 64)  # a local: not in the module, the function or the program's globals
     os.close(3)
     with open("program.py", encoding="utf-8") as file:
         code = compile(file.read(), "program.py", "exec")
@@ -273,12 +274,15 @@ def _run(source: str, limits: Limits, mode: str) -> Outcome:
             )
             for fd in (token_in, result_w, report_w):
                 os.close(fd)
+            backstop = ""
             try:
                 proc.wait(limits.timeout_s + BACKSTOP_S)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)  # unshare's --kill-child takes the rest
                 proc.wait()
-        result, fate = _read_available(result_r), _read_available(report_r).decode()
+                backstop = "timeout"
+        result = _read_available(result_r)
+        fate = _read_available(report_r).decode() or backstop
         if result == token:
             return Outcome(True, "passed")
         return Outcome(False, _status(fate, folder / "stderr"))

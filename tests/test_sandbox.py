@@ -84,6 +84,12 @@ CASES = {
         "import os\nos.write(4, os.read(3, 64))\nos._exit(0)\n",
         "failed: OSError: [Errno 9] Bad file descriptor",
     ),
+    "token_from_harness_globals": (
+        "import os, sys\nharness = vars(sys.modules['__main__']).values()\n"
+        "found = [d for f in harness for d in getattr(f, '__defaults__', None) or ()]\n"
+        "os.write(4, b''.join(d for d in found if isinstance(d, bytes)))\nos._exit(0)\n",
+        "failed: exited with code 0 but its tests did not finish",
+    ),
     "ctypes_fork_setsid": (
         "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n"
         "    libc.setsid()\n    time.sleep(30)\n    libc._exit(0)\n",
