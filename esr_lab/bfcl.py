@@ -8,7 +8,9 @@ argument the schema or the answer key lacks, each value among the allowed ones (
 means the argument may be left out). Values must have the schema's type, except that an int
 passes for a float; strings compare after BFCL's standardisation (lower case, no spaces or
 `,./-_*^`); lists and dicts compare item by item. Full match is the paper's number; name match
-only asks for the right function names.
+only asks for the right function names. This is the "chat" protocol, esr-lab's; the paper's
+JSON prompt and lenient grader (the "paper" protocol) are in esr_lab.bfcl_paper, and every
+response is graded both ways.
 
 The 600 rows ship as package data (from the bfcl-eval 2026.3.23 wheel, Apache-2.0); a folder
 with the same files (e.g. from the hub dataset gorilla-llm/Berkeley-Function-Calling-Leaderboard)
@@ -28,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from esr_lab import bfcl_paper
 from esr_lab.errors import UserError
 
 CATEGORY_RE = re.compile(r"BFCL_v\d+_(simple(_python)?|multiple)\.json")
@@ -88,8 +91,11 @@ def render_problem(question: str, functions: list[dict]) -> str:
     return f"{question}\n\nYou can call these functions (JSON schemas):\n{schemas}"
 
 
-def load_call_problems(dataset: str = "bfcl", limit: int | None = None) -> list[CallProblem]:
-    """BFCL simple + multiple in file order (simple first), with their possible answers."""
+def load_call_problems(
+    dataset: str = "bfcl", limit: int | None = None, protocol: str = "chat"
+) -> list[CallProblem]:
+    """BFCL simple + multiple in file order (simple first), with their possible answers; the
+    user turn as each protocol writes it."""
     folder = _folder(dataset)
     names = [p for p in folder.iterdir() if CATEGORY_RE.fullmatch(p.name)]
     files = sorted(names, key=lambda p: ("multiple" in p.name, p.name))
@@ -105,7 +111,8 @@ def load_call_problems(dataset: str = "bfcl", limit: int | None = None) -> list[
         }
         for row in _read_lines(path):
             question = row["question"][0][-1]["content"]
-            problem = render_problem(question, row["function"])
+            render = bfcl_paper.render_problem if protocol == "paper" else render_problem
+            problem = render(question, row["function"])
             problems.append(CallProblem(row["id"], problem, row["function"], answers[row["id"]]))
     return problems[:limit]
 
@@ -258,24 +265,39 @@ def grade_response(response: str, problem: CallProblem) -> tuple[bool, bool, str
     return True, not reason, reason or "full match"
 
 
-def grade_calls(samples: pd.DataFrame, problems: Sequence[CallProblem]) -> pd.DataFrame:
-    """Add `name_match`, `correct` (full match) and the checker's `status` to each sample."""
+def grade_calls(
+    samples: pd.DataFrame, problems: Sequence[CallProblem], protocol: str = "chat"
+) -> pd.DataFrame:
+    """Add `name_match`, `correct` (full match) and `status` under `protocol`'s grader (chat:
+    the AST checker, paper: the lenient one), and both graders' `name_match_<p>`,
+    `correct_<p>` and the paper's `parsed_paper`, so that either protocol's numbers can be read."""
     by_id = {p.id: p for p in problems}
-    results = [
-        grade_response(text, by_id[pid])
-        for pid, text in zip(samples.problem_id, samples.completion, strict=True)
-    ]
+    pairs = list(zip(samples.problem_id, samples.completion, strict=True))
+    results = {
+        "chat": [grade_response(text, by_id[pid]) for pid, text in pairs],
+        "paper": [bfcl_paper.grade_response(text, by_id[pid].answer) for pid, text in pairs],
+    }
     out = samples.copy()
-    out["name_match"] = [r[0] for r in results]
-    out["correct"] = [r[1] for r in results]
-    out["status"] = [r[2] for r in results]
+    out["name_match"] = [r[0] for r in results[protocol]]
+    out["correct"] = [r[1] for r in results[protocol]]
+    out["status"] = [r[2] for r in results[protocol]]
+    for way, graded in results.items():
+        out[f"name_match_{way}"] = [r[0] for r in graded]
+        out[f"correct_{way}"] = [r[1] for r in graded]
+    out["parsed_paper"] = [not r[2].startswith("unparsable") for r in results["paper"]]
     return out
 
 
 def call_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    """Full match (the paper's BFCL accuracy, also `accuracy`) and name match, per problem."""
+    """Full match (BFCL accuracy, also `accuracy`) and name match under the chosen protocol,
+    per problem, and both protocols' full and name match and the paper grader's parse rate."""
     by_problem = graded.groupby("problem_id", sort=False)
+    columns = {"full_match": "correct", "name_match": "name_match"}
+    for way in ("chat", "paper"):
+        columns |= {f"full_match_{way}": f"correct_{way}", f"name_match_{way}": f"name_match_{way}"}
+    columns["parse_rate_paper"] = "parsed_paper"
     return {
-        "full_match": float(by_problem.correct.mean().mean()),
-        "name_match": float(by_problem.name_match.mean().mean()),
+        name: float(by_problem[column].mean().mean())
+        for name, column in columns.items()
+        if column in graded
     }

@@ -5,11 +5,15 @@ package (its 164 problems ship with it, so this works offline); HumanEval+ (the 
 many more tests) from the hub dataset evalplus/humanevalplus; a local file in HumanEval's format
 (task_id, prompt, entry_point, test) works too.
 
-A response may hold a whole function or only a body continuing the prompt. Code is the last
-fenced python block, else the whole response; it is a whole function when it defines the entry
-point. Either way the program starts with the prompt (whose imports and helper functions the
-solution may use; a stub ending in a docstring is valid Python and is simply redefined), then the
-code, then the tests. Every program runs in esr_lab.sandbox, never in this process.
+Two protocols (PROTOCOLS). "chat", esr-lab's: the model sees the prompt in a fenced block of
+its chat turn, and a response may hold a whole function or only a body continuing the prompt.
+Code is the last fenced python block, else the whole response; it is a whole function when it
+defines the entry point. Either way the program starts with the prompt (whose imports and helper
+functions the solution may use; a stub ending in a docstring is valid Python and is simply
+redefined), then the code, then the tests. "paper", the released code's (PAPER.md): the model
+continues the raw prompt (no chat template), greedy, 512 tokens; the completion is cut at the
+first of STOP_SEQUENCES and the program is the prompt, the completion, then the tests, as
+evalplus builds it. Every program runs in esr_lab.sandbox, never in this process.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from esr_lab import sandbox
 from esr_lab.errors import UserError
-from esr_lab.sandbox import DEFAULT_LIMITS, Limits, run_python
+from esr_lab.sandbox import Limits, run_python
 
 DATASETS = ("humaneval", "humaneval_plus")
 HUMANEVAL_PLUS_HUB = "evalplus/humanevalplus"
@@ -34,6 +39,9 @@ INSTRUCTION = (
     "Complete the Python function above. Reply with the whole function, imports included, "
     "in one ```python code block."
 )
+PROTOCOLS = ("chat", "paper")
+# The released code's cut (scripts/eval_humaneval.py): a completion ends before any of these.
+STOP_SEQUENCES = ("\nclass ", "\ndef ", "\n# ", "\nif __name__", "\nprint(")
 _FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -87,8 +95,11 @@ def _file_rows(dataset: str) -> list[dict]:
     return rows
 
 
-def load_code_problems(dataset: str, limit: int | None = None) -> list[CodeProblem]:
-    """The first `limit` problems of humaneval, humaneval_plus or a HumanEval-format file."""
+def load_code_problems(
+    dataset: str, limit: int | None = None, protocol: str = "chat"
+) -> list[CodeProblem]:
+    """The first `limit` problems of humaneval, humaneval_plus or a HumanEval-format file; the
+    model sees the prompt fenced (chat) or as raw text to continue (paper)."""
     if dataset == "humaneval":
         rows = _humaneval_rows()
     else:
@@ -96,7 +107,7 @@ def load_code_problems(dataset: str, limit: int | None = None) -> list[CodeProbl
     return [
         CodeProblem(
             id=str(r["task_id"]),
-            problem=f"```python\n{r['prompt']}```",
+            problem=r["prompt"] if protocol == "paper" else f"```python\n{r['prompt']}```",
             prompt=r["prompt"],
             entry_point=r["entry_point"],
             test=r["test"],
@@ -124,29 +135,58 @@ def defines(code: str, name: str) -> bool:
     )
 
 
-def build_program(problem: CodeProblem, response: str) -> str:
-    """Prompt, then the response's code (a whole function or a body), then the tests."""
-    code = extract_code(response)
-    joint = "\n\n" if defines(code, problem.entry_point) else ""
+def cut_at_stop(completion: str) -> str:
+    """The completion up to the first stop sequence (the paper protocol's cut)."""
+    ends = [completion.find(stop) for stop in STOP_SEQUENCES if stop in completion]
+    return completion[: min(ends)] if ends else completion
+
+
+def build_program(problem: CodeProblem, response: str, protocol: str = "chat") -> str:
+    """Prompt, then the response's code (chat: a whole function or a body; paper: the raw
+    completion cut at the stop sequences), then the tests."""
+    if protocol == "paper":
+        code, joint = cut_at_stop(response), ""
+    else:
+        code = extract_code(response)
+        joint = "\n\n" if defines(code, problem.entry_point) else ""
     return f"{problem.prompt}{joint}{code}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
 def grade_code(
     samples: pd.DataFrame,
     problems: Sequence[CodeProblem],
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     workers: int | None = None,
+    protocol: str = "chat",
 ) -> pd.DataFrame:
-    """Add `correct` and the sandbox `status` to each sample, running programs in parallel."""
+    """Add `correct` and the sandbox `status` under `protocol`, and `correct_chat` and
+    `correct_paper` (the response read both ways), running programs in parallel; a program
+    that both readings build alike runs once. Limits: sandbox.DEFAULT_LIMITS, read at call time.
+    """
+    limits = limits or sandbox.DEFAULT_LIMITS
     by_id = {p.id: p for p in problems}
-    programs = [
-        build_program(by_id[pid], text)
-        for pid, text in zip(samples.problem_id, samples.completion, strict=True)
-    ]
+    pairs = list(zip(samples.problem_id, samples.completion, strict=True))
+    programs = {
+        way: [build_program(by_id[pid], text, way) for pid, text in pairs] for way in PROTOCOLS
+    }
+    unique = list(dict.fromkeys(programs["chat"] + programs["paper"]))
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(lambda source: run_python(source, limits), programs))
+        outcomes = dict(zip(unique, pool.map(lambda s: run_python(s, limits), unique), strict=True))
     out = samples.copy()
-    out["correct"] = [o.passed for o in outcomes]
-    out["status"] = [o.status for o in outcomes]
+    chosen = [outcomes[program] for program in programs[protocol]]
+    out["correct"] = [o.passed for o in chosen]
+    out["status"] = [o.status for o in chosen]
+    for way in PROTOCOLS:
+        out[f"correct_{way}"] = [outcomes[program].passed for program in programs[way]]
     return out
+
+
+def code_metrics(graded: pd.DataFrame) -> dict[str, float]:
+    """pass@1 (mean share correct per problem) under each protocol's reading of the responses."""
+    by_problem = graded.groupby("problem_id", sort=False)
+    return {
+        f"accuracy_{way}": float(by_problem[f"correct_{way}"].mean().mean())
+        for way in PROTOCOLS
+        if f"correct_{way}" in graded
+    }

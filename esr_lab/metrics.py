@@ -105,13 +105,15 @@ def grade_samples(
     return with_collapse_markers(out)
 
 
-def grade_task_samples(task: str, samples: pd.DataFrame, problems: Sequence) -> pd.DataFrame:
+def grade_task_samples(
+    task: str, samples: pd.DataFrame, problems: Sequence, protocol: str = "chat"
+) -> pd.DataFrame:
     """`grade_samples` for a code or function-calling task: its grader's `correct` (every
     extraction column holds it, there being one way to read a program or a call) and the
     task-free collapse markers (repetition, length; boxes are counted as they stand)."""
     from esr_lab import tasks  # the code sandbox and BFCL checker, only when a task needs them
 
-    graded = tasks.grade(task, samples[["problem_id", "sample", "completion"]], problems)
+    graded = tasks.grade(task, samples[["problem_id", "sample", "completion"]], problems, protocol)
     out = samples.copy()
     for column in ("correct", "correct_relaxed", "correct_first_boxed"):
         out[column] = graded.correct.to_numpy(dtype=bool)

@@ -237,6 +237,10 @@ class TrainOptions:
     task: Annotated[
         str | None, opt("math, humaneval or bfcl [default: from the eval dataset].")
     ] = None
+    protocol: Annotated[
+        str | None,
+        opt("Code/BFCL evals: chat (esr-lab's) or paper (greedy pass@1) [paper-code: paper]."),
+    ] = None
     eval_top_p: Annotated[float | None, opt("Eval top-p [default: --top-p; paper-code: 1.0].")] = (
         None
     )

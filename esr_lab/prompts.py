@@ -10,7 +10,9 @@ and esr-lab differ there (PAPER.md, "The paper's released code"):
   code's training prompt); a template without a system role (Gemma 2) gets the instruction, a
   blank line, then the problem in the user turn, as the released code does;
 - "user-inline": one user turn, the problem, a space, the instruction (the released code's
-  MATH-500 evaluation prompt).
+  MATH-500 evaluation prompt);
+- "raw": the problem text itself, no chat template and no instruction (the released code's
+  HumanEval prompt: the model continues the function's code).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from esr_lab.errors import UserError
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # The released code's MATH-500 evaluation instruction (eval_math500.py).
 PAPER_EVAL_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
-PLACEMENTS = ("user", "system", "user-inline")
+PLACEMENTS = ("user", "system", "user-inline", "raw")
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,11 @@ def render_prompt(
 
     `enable_thinking` is read by Qwen3's template (off by default, as in the paper); templates
     that do not use it ignore it. A tokenizer with no chat template (a raw base model) gets the
-    plain user message(s) followed by a newline.
+    plain user message(s) followed by a newline; placement "raw" gives the problem verbatim.
     """
     style = PromptStyle(instruction, placement, enable_thinking)
+    if placement == "raw":
+        return problem
     messages = chat_messages(tokenizer, problem, style)
     if not getattr(tokenizer, "chat_template", None):
         return "\n".join(m["content"] for m in messages) + "\n"

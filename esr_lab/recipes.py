@@ -59,6 +59,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "progressive_schedule": "step",
         "eval_top_p": 1.0,
         "eval_top_k": 0,  # the code evaluates with vLLM, whose top-k is off by default
+        # HumanEval and BFCL evaluations as the released code ran them (tasks.PROTOCOLS).
+        "protocol": "paper",
     },
 }
 # Prompt wording and token budgets belong to the models, not to the training recipe: a toy
@@ -87,6 +89,23 @@ def recipe_values(name: str, student: str) -> dict[str, object]:
         raise UserError(f"unknown recipe '{name}'; use {', '.join(RECIPES)}")
     for_models = {} if toy.is_toy_model(student) else REAL_MODEL_SETTINGS.get(name, {})
     return {**RECIPES[name], **for_models}
+
+
+# A training recipe's evaluation settings, as `esr-lab eval` names them.
+EVAL_OPTIONS = {
+    "eval_instruction": "instruction",
+    "eval_placement": "placement",
+    "eval_top_p": "top_p",
+    "eval_max_new_tokens": "max_new_tokens",
+    "protocol": "protocol",
+}
+
+
+def eval_values(name: str, model: str) -> dict[str, object]:
+    """What `--recipe name` sets for `esr-lab eval` of `model`: its evaluation prompt and
+    sampling for math, its protocol for code and function calling."""
+    values = recipe_values(name, model)
+    return {option: values[key] for key, option in EVAL_OPTIONS.items() if key in values}
 
 
 def settings(

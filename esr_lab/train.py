@@ -124,6 +124,7 @@ class TrainConfig:
     eval_max_new_tokens: int | None = None
     extraction: str = "last_boxed"
     task: str | None = None  # math, humaneval, bfcl (tasks.TASKS); None: from the eval dataset
+    protocol: str = "chat"  # how code/BFCL evaluations prompt and grade (tasks.PROTOCOLS)
     seed: int = 0
     collapse_drop: float = 0.2  # relative drop from the peak that flags a collapse
     recipe: str = "esr-lab"  # which named set of defaults filled the fields (recipes.RECIPES)
@@ -170,7 +171,12 @@ class TrainConfig:
 
     @property
     def eval_sampling(self) -> Sampling:
-        """Evaluation sampling: the rollouts' settings unless the recipe names its own."""
+        """Evaluation sampling: the rollouts' settings unless the recipe names its own; greedy
+        within the protocol's budget where a code/BFCL protocol says so (paper)."""
+        prompting = self.task_prompting
+        if prompting is not None and prompting.greedy:
+            budget = prompting.max_new_tokens or self.sampling.max_new_tokens
+            return replace(self.sampling, temperature=0.0, top_p=1.0, max_new_tokens=budget)
         return replace(
             self.sampling,
             top_p=self.sampling.top_p if self.eval_top_p is None else self.eval_top_p,
@@ -179,9 +185,25 @@ class TrainConfig:
         )
 
     @property
+    def task_prompting(self) -> tasks.Prompting | None:
+        """The protocol's prompting for a code or BFCL evaluation; None for math."""
+        if self.task in (None, "math"):
+            return None
+        return tasks.prompting(self.task, self.protocol)
+
+    @property
     def eval_style(self) -> PromptStyle:
-        """Evaluation prompts: the student's training prompts unless the recipe names others."""
+        """Evaluation prompts: the student's training prompts unless the recipe names others;
+        a code or BFCL evaluation prompts as its protocol does, never with math's wording."""
         style = self.pair.style
+        prompting = self.task_prompting
+        if prompting is not None:
+            paper = self.protocol == "paper"
+            return replace(
+                style,
+                instruction=prompting.instruction if paper else style.instruction,
+                placement=prompting.placement or style.placement,
+            )
         return replace(
             style,
             instruction=style.instruction
@@ -228,10 +250,14 @@ class TrainConfig:
         pair = self.pair
         if task != "math" and pair.instruction == DEFAULT_INSTRUCTION:
             pair = replace(pair, instruction=tasks.get_task(task).instruction)  # the task's own
+        eval_samples = self.eval_samples
+        if task != "math" and tasks.prompting(task, self.protocol).greedy:
+            eval_samples = 1  # greedy pass@1: more samples would be the same answer again
         return replace(
             self,
             pair=pair,
             task=task,
+            eval_samples=eval_samples,
             train_dataset=self.train_dataset or (world if world != "math500" else "numinamath"),
             eval_dataset=eval_dataset,
         )
@@ -248,6 +274,7 @@ class TrainConfig:
             "--cross-unaligned": (self.cross_unaligned, CROSS_UNALIGNED),
             "--progressive-schedule": (self.progressive_schedule, selection.PROGRESSIVE_SCHEDULES),
             "--placement": (self.pair.placement, PLACEMENTS),
+            "--protocol": (self.protocol, tasks.PROTOCOLS),
         }
         for option, (value, allowed) in choices.items():
             if value not in allowed:
@@ -327,7 +354,10 @@ def load_datasets(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
     train_problems = load_train_problems(cfg)
     if cfg.task == "math":
         return train_problems, load_problems(cfg.eval_dataset, limit=cfg.eval_limit)
-    return train_problems, tasks.load_task_problems(cfg.task, cfg.eval_dataset, cfg.eval_limit)
+    eval_problems = tasks.load_task_problems(
+        cfg.task, cfg.eval_dataset, cfg.eval_limit, cfg.protocol
+    )
+    return train_problems, eval_problems
 
 
 def load_train_problems(cfg: TrainConfig) -> list[Problem]:
@@ -818,7 +848,7 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
     if cfg.task == "math":
         graded = metrics.grade_samples(samples, problems, cfg.extraction)
     else:
-        graded = metrics.grade_task_samples(cfg.task, samples, problems)
+        graded = metrics.grade_task_samples(cfg.task, samples, problems, cfg.protocol)
     graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
     return {"step": step, **metrics.accuracy_metrics(graded)}, graded
 

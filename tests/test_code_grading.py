@@ -1,16 +1,14 @@
-"""Code grading: the sandbox contains runaway programs, HumanEval's canonical solutions pass their
-own tests and fail another problem's, both response forms work, and pass@k is unbiased."""
+"""Code grading: HumanEval's canonical solutions pass their own tests and fail another problem's,
+both response forms work, and pass@k is unbiased (the sandbox itself: test_sandbox.py)."""
 
-import time
 from math import comb
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from esr_lab.errors import UserError
 from esr_lab.humaneval import build_program, extract_code, grade_code, load_code_problems
-from esr_lab.sandbox import Limits, run_python
+from esr_lab.sandbox import Limits
 from esr_lab.tasks import load_task_problems, metrics, pass_at_k
 
 FAST = Limits(timeout_s=3.0, memory_mb=1024)
@@ -30,65 +28,6 @@ def _samples(pairs: list[tuple[str, str]]) -> pd.DataFrame:
             "completion": [text for _, text in pairs],
         }
     )
-
-
-def test_sandbox_pass_fail_and_exception_line():
-    assert run_python("print('hi')", FAST).passed
-    outcome = run_python("raise ValueError('bad input')", FAST)
-    assert not outcome.passed and outcome.status == "failed: ValueError: bad input"
-
-
-def test_sandbox_infinite_loop_times_out():
-    start = time.monotonic()
-    outcome = run_python("while True:\n    pass\n", Limits(timeout_s=1.0))
-    assert outcome.status == "timeout" and time.monotonic() - start < 5
-
-
-def test_sandbox_huge_allocation_fails_without_hurting_us():
-    outcome = run_python("x = bytearray(64 * 2**30)\n", FAST)
-    assert not outcome.passed and "MemoryError" in outcome.status
-
-
-def test_sandbox_blocks_fork_and_subprocess():
-    forked = run_python("import os\nos.fork()\n", FAST)
-    spawned = run_python("import subprocess\nsubprocess.run(['true'])\n", FAST)
-    assert not forked.passed and not spawned.passed
-
-
-def test_sandbox_kills_the_process_group(tmp_path):
-    """Unguarded, a forked child that outlives the program is killed with its group."""
-    marker = tmp_path / "child.pid"
-    source = (
-        "import os, time\n"
-        "pid = os.fork()\n"
-        f"if pid == 0:\n    time.sleep(60)\nelse:\n    open({str(marker)!r}, 'w').write(str(pid))\n"
-    )
-    assert run_python(source, FAST, guard=False).passed
-    stat = Path(f"/proc/{int(marker.read_text())}/stat")
-    time.sleep(0.2)
-    # Gone, or a zombie waiting for an init that does not reap (as in some containers).
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def test_sandbox_sets_hard_rlimits():
-    source = (
-        "import resource as r\n"
-        "assert r.getrlimit(r.RLIMIT_AS) == (1024 * 2**20, 1024 * 2**20)\n"
-        "assert r.getrlimit(r.RLIMIT_CPU) == (4, 4)\n"
-        "assert r.getrlimit(r.RLIMIT_NPROC)[0] == 32\n"
-        "assert r.getrlimit(r.RLIMIT_FSIZE)[0] == 16 * 2**20\n"
-    )
-    assert run_python(source, FAST).status == "passed"
-
-
-def test_sandbox_environment_is_scrubbed_and_cwd_is_fresh(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "secret")
-    source = (
-        "import os\n"
-        "assert 'HF_TOKEN' not in os.environ, 'leaked'\n"
-        "assert sorted(os.listdir('.')) == ['program.py', 'stderr', 'stdout']\n"
-    )
-    assert run_python(source, FAST).status == "passed"
 
 
 def test_extract_code_last_python_block_else_whole():

@@ -3,10 +3,14 @@
 The paper's protocol is MATH-500 with n=4 samples at temperature 0.7 (avg@4 / pass@4 / maj@4),
 and pass@1 at temperature 0 for HumanEval/HumanEval+ and full-match accuracy on BFCL. Math keeps
 its own tables (eval_samples, train_evals); code and function calling are graded through
-esr_lab.tasks and write the same tables as `esr-lab grade`.
+esr_lab.tasks and write the same tables as `esr-lab grade`. `--protocol` picks how code and
+function calling are prompted and graded (chat: esr-lab's; paper: the released code's, greedy,
+pass@1, one sample); `--recipe paper-code` sets the paper protocol and the released code's
+MATH-500 prompt and sampling, each where the command line does not.
 Command: esr-lab eval --model Qwen/Qwen2.5-Math-1.5B --adapter results/train/<run>/checkpoints/
          step-000100/model --dataset math500
          esr-lab eval --model Qwen/Qwen3-1.7B --task humaneval --samples 1 --temperature 0
+         esr-lab eval --model Qwen/Qwen3-1.7B --task bfcl --recipe paper-code
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
-from esr_lab import grading, metrics, tasks
+from esr_lab import grading, metrics, recipes, tasks
 from esr_lab.adapters import check_adapter, load_adapter
 from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table
@@ -45,6 +49,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
     task: str | None = None  # math, humaneval or bfcl; None: inferred from the dataset
+    protocol: str = "chat"  # code and function calling: tasks.PROTOCOLS
 
     def resolved(self) -> EvalConfig:
         if self.samples < 1:
@@ -67,20 +72,39 @@ class Options:
     samples: Annotated[int, opt("Samples per problem (k).")] = 4
     extraction: Annotated[str, opt("last_boxed, first_boxed or relaxed.")] = "last_boxed"
     task: Annotated[str | None, opt("math, humaneval or bfcl [default: from the dataset].")] = None
+    protocol: Annotated[
+        str | None, opt("Code/BFCL: chat (esr-lab's) or paper [esr-lab: chat; paper-code: paper].")
+    ] = None
+    recipe: Annotated[
+        str | None, opt("esr-lab (default) or paper-code: the released code's eval settings.")
+    ] = None
 
 
 def configure(options: Options, given: Given) -> EvalConfig:
+    """The options, with the recipe's evaluation settings where the command line gives none."""
+    recipe = recipes.eval_values(options.recipe or "esr-lab", options.model)
+    pair, sampling = given.pair(), given.sampling_for(options.model)
+    task = options.task or tasks.task_for_dataset(options.dataset or default_dataset(options.model))
+    if task == "math":  # the recipe's MATH-500 prompt and sampling, where none is given
+        if "instruction" in recipe and pair.instruction == DEFAULT_INSTRUCTION:
+            pair = replace(pair, instruction=recipe["instruction"])
+        if "placement" in recipe and given.models.placement is None:
+            pair = replace(pair, placement=recipe["placement"])
+        for name in ("top_p", "max_new_tokens"):
+            if name in recipe and getattr(given.sampling, name) is None:
+                sampling = replace(sampling, **{name: recipe[name]})
     return EvalConfig(
         model=options.model,
         adapter=options.adapter,
-        pair=given.pair(),
+        pair=pair,
         dataset=options.dataset,
         limit=options.limit,
         samples=options.samples,
-        sampling=given.sampling_for(options.model),
+        sampling=sampling,
         extraction=options.extraction,
         seed=given.run.seed,
         task=options.task,
+        protocol=options.protocol or str(recipe.get("protocol", "chat")),
     )
 
 
@@ -122,16 +146,33 @@ def _sample(cfg: EvalConfig, problems, task: str, dataset: str, paths: Paths):
     return run_dir, samples
 
 
+def with_protocol(cfg: EvalConfig, task: str) -> EvalConfig:
+    """The protocol's prompt and sampling: the task's instruction in place of the math default
+    (chat), or the paper's prompt, greedy, its token budget and one sample (paper)."""
+    prompting = tasks.prompting(task, cfg.protocol)
+    pair = cfg.pair
+    if cfg.protocol == "paper" or pair.instruction == DEFAULT_INSTRUCTION:
+        pair = replace(pair, instruction=prompting.instruction)
+    if prompting.placement is not None:
+        pair = replace(pair, placement=prompting.placement)
+    cfg = replace(cfg, pair=pair)
+    if prompting.greedy:
+        sampling = replace(cfg.sampling, temperature=0.0, top_p=1.0)
+        if prompting.max_new_tokens is not None:
+            sampling = replace(sampling, max_new_tokens=prompting.max_new_tokens)
+        cfg = replace(cfg, sampling=sampling, samples=1)
+    return cfg
+
+
 def _run_task(cfg: EvalConfig, task: str, paths: Paths):
     """Code or function calling: sample, then grade as `esr-lab grade` does."""
     spec = tasks.get_task(task)
     dataset = cfg.dataset or spec.default_dataset
-    problems = tasks.load_task_problems(task, dataset, cfg.limit)
-    if cfg.pair.instruction == DEFAULT_INSTRUCTION:  # the math default gives way to the task's
-        cfg = replace(cfg, pair=replace(cfg.pair, instruction=spec.instruction))
+    cfg = with_protocol(cfg, task)
+    problems = tasks.load_task_problems(task, dataset, cfg.limit, cfg.protocol)
     run_dir, samples = _sample(cfg, problems, task, dataset, paths)
     samples = samples[["problem_id", "sample", "completion"]]
-    return run_dir, tasks.write_graded(run_dir, task, dataset, samples, problems)
+    return run_dir, tasks.write_graded(run_dir, task, dataset, samples, problems, cfg.protocol)
 
 
 def _run_math(cfg: EvalConfig, paths: Paths):

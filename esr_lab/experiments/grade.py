@@ -3,8 +3,10 @@
 Reads one row per response, with the problem's id (`problem_id`, `task_id` or `id`) and the
 text (`response`, or `completion` as esr-lab's own sample tables name it); several rows per id
 are several samples (pass@k). Writes `results/grade/<run>/samples.parquet` (per-sample grades)
-and `summary.parquet` (accuracy; pass@k; name/full match for BFCL).
-Command: esr-lab grade --task humaneval --responses responses.jsonl
+and `summary.parquet` (accuracy; pass@k; name/full match for BFCL). `--protocol` picks whose
+grade is `correct` (chat: esr-lab's, paper: the released code's; README, Tasks); the summary
+shown has both where the responses can be read both ways.
+Command: esr-lab grade --task humaneval --responses responses.jsonl --protocol paper
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ class GradeConfig:
     task: str = "math"
     responses: str = "responses.jsonl"
     dataset: str | None = None  # default: the task's benchmark
+    protocol: str = "chat"  # chat or paper (tasks.PROTOCOLS)
 
     def resolved(self) -> GradeConfig:
-        task = tasks.get_task(self.task)  # an unknown task is a one-line error
-        return GradeConfig(self.task, self.responses, self.dataset or task.default_dataset)
+        tasks.prompting(self.task, self.protocol)  # an unknown task or protocol: one line
+        dataset = self.dataset or tasks.get_task(self.task).default_dataset
+        return GradeConfig(self.task, self.responses, dataset, self.protocol)
 
 
 def _first_present(columns: list[str], wanted: tuple[str, ...], path: str) -> str:
@@ -84,22 +88,25 @@ class Options:
     dataset: Annotated[str | None, opt("Problems [default: math500, humaneval, bfcl by task].")] = (
         None
     )
+    protocol: Annotated[
+        str, opt("chat (esr-lab's grader) or paper (the released code's; humaneval, bfcl).")
+    ] = "chat"
     results_dir: Annotated[Path, opt("Where run folders are written.")] = Path("results")
     run_id: Annotated[str | None, opt("Run name.")] = None
 
 
 def configure(options: Options, given: Given) -> GradeConfig:
-    return GradeConfig(task=options.task, responses=options.responses, dataset=options.dataset)
+    return GradeConfig(options.task, options.responses, options.dataset, options.protocol)
 
 
 def run(cfg: GradeConfig, paths: Paths) -> Result:
     """Read, check, grade and summarise the responses; returns the run folder and summary."""
     cfg = cfg.resolved()
     samples = read_responses(cfg.responses)
-    problems = tasks.load_task_problems(cfg.task, cfg.dataset)
+    problems = tasks.load_task_problems(cfg.task, cfg.dataset, protocol=cfg.protocol)
     check_ids(samples, problems, cfg.dataset)
     run_dir = open_run(paths.results_dir, "grade", asdict(cfg), paths.run_id)
-    summary = tasks.write_graded(run_dir, cfg.task, cfg.dataset, samples, problems)
+    summary = tasks.write_graded(run_dir, cfg.task, cfg.dataset, samples, problems, cfg.protocol)
     return Result(run_dir, {"summary": summary})
 
 
