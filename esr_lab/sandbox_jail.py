@@ -35,6 +35,7 @@ MS_NOSUID, MS_NODEV = 2, 4
 PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")
 TOKEN_IN, TOKEN_OUT = 3, 4
+PYTHON_FD = 5  # the interpreter, exec'd by fd
 
 
 def mount_private_tmp(size_mb: int) -> None:
@@ -59,22 +60,21 @@ def make_folder(config: dict, source: bytes) -> str:
     return folder
 
 
-def become_program(config: dict, folder: str) -> None:
+def become_program(config: dict, folder: str, python_fd: int) -> None:
     """In the forked child: fds, limits, user, then exec the harness (never returns)."""
     token_in, token_out, _report = config["fds"]
     # Copied above any fd in use first, so that moving one to 3 cannot overwrite the other.
     high_in, high_out = (fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (token_in, token_out))
+    high_python = fcntl.fcntl(python_fd, fcntl.F_DUPFD_CLOEXEC, 1000)
     os.dup2(high_in, TOKEN_IN)
     os.dup2(high_out, TOKEN_OUT)
+    python = os.dup2(high_python, PYTHON_FD, inheritable=False)  # closed by the exec itself
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.closerange(TOKEN_OUT + 1, 65536)  # the report fd and everything else
+    os.closerange(PYTHON_FD + 1, 65536)  # the report fd and everything else
     for name, value in config["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    # Opened while still root and exec'd by fd: the interpreter may live where the sandbox uid
-    # may not look (a pyenv under /root), though the file itself is world-executable.
-    python = os.open(sys.executable, os.O_RDONLY)
     if config["mode"] == "namespaces":
         uid = config["uid"]
         os.setgroups([])
@@ -109,13 +109,17 @@ def main() -> None:
     config = json.loads(sys.argv[1])
     source = sys.stdin.buffer.read()
     namespaces = config["mode"] == "namespaces"
+    # Opened as root and before the private /tmp hides the host's: the interpreter may live
+    # where the sandbox uid may not look (a pyenv under /root) or under /tmp (a venv in a clone
+    # there), though the file itself is world-executable. Exec'd by fd.
+    python_fd = os.open(os.path.realpath(sys.executable), os.O_RDONLY | os.O_CLOEXEC)
     if namespaces:
         mount_private_tmp(config["folder_mb"])
     folder = make_folder(config, source)
     pid = os.fork()
     if pid == 0:
         try:
-            become_program(config, folder)
+            become_program(config, folder, python_fd)
         except BaseException as error:  # the harness never started: say why on stderr
             os.write(2, f"sandbox: {type(error).__name__}: {error}\n".encode())
         os._exit(127)
