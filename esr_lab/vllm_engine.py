@@ -17,7 +17,9 @@ transformers engine caps them.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,8 @@ class VLLMEngine:
         self._lora_request: Any = None
         self._version: object = None
         self._adapters = Path(tempfile.mkdtemp(prefix="esr-lab-vllm-"))
+        # the adapters' folder goes when the engine does (or at exit), whatever ends the run
+        weakref.finalize(self, shutil.rmtree, self._adapters, ignore_errors=True)
         self._saved = 0
         self._asleep = False
 
@@ -126,6 +130,12 @@ class VLLMEngine:
             folder = self._adapters / f"v{self._saved}"
             model.save_pretrained(folder)
             self._lora_request = lora_request(f"student-v{self._saved}", self._saved, folder)
+            # Only the live adapter is kept (one per optimizer step would fill the disk: ~150 MB
+            # each for a 1.5B student at r=32). vLLM read the older ones when it first sampled
+            # through them, and no request names them again.
+            for old in self._adapters.iterdir():
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
         else:  # full fine-tuning: load the trained weights into vLLM's model in place
             self._wake()
             weights = list(model.state_dict().items())

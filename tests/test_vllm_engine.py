@@ -111,6 +111,13 @@ def test_lora_weights_reach_vllm_once_per_version(micro, monkeypatch, tmp_path):
     assert [(name, index) for name, index, _ in made] == [("student-v1", 1), ("student-v2", 2)]
     engine.generate([[5]], [1], Sampling(max_new_tokens=2))
     assert llm.calls[-1][3] == made[-1]  # sampled through the latest adapter
+    folders = made[-1][2].parent
+    assert [f.name for f in folders.iterdir()] == ["v2"]  # only the live adapter is on disk
+    del engine
+    import gc
+
+    gc.collect()
+    assert not folders.exists()  # and none once the engine is gone
 
 
 def test_full_finetuning_weights_are_loaded_in_place(micro):
