@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,7 @@ from esr_lab.config import (
     Sampling,
     default_dataset,
     default_max_new_tokens,
+    named,
 )
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -141,8 +142,8 @@ class TrainConfig:
         """This config with flat option values put in the fields of those names (model pair,
         sampling or the config itself); an ablation switches one recipe difference this way."""
         parts = {"pair": self.pair, "sampling": self.sampling}
-        parts = {name: replace(part, **_named(part, values)) for name, part in parts.items()}
-        return replace(self, **{**_named(self, values), **parts})
+        parts = {name: replace(part, **named(part, values)) for name, part in parts.items()}
+        return replace(self, **{**named(self, values), **parts})
 
     @property
     def label(self) -> str:
@@ -288,11 +289,6 @@ class TrainConfig:
             raise UserError(f"--top-k must be >= 0 (0: off), got {self.sampling.top_k}")
         if self.loss == "sampled_token":
             _check_sampled_token(self)
-
-
-def _named(obj: object, values: dict) -> dict:
-    """The values whose keys are fields of the dataclass `obj`."""
-    return {f.name: values[f.name] for f in fields(obj) if f.name in values}
 
 
 def _check_fraction(option: str, value: float, low: float, high: float) -> None:
