@@ -7,7 +7,7 @@ import json
 import pytest
 
 from esr_lab import options, presets
-from esr_lab.experiments import decay, positions, suggest_n, tokens
+from esr_lab.experiments import decay, evaluation, positions, suggest_n, tokens
 from tests.helpers import MICRO, run_cli
 
 SCANS = (decay, positions, suggest_n, tokens)
@@ -48,3 +48,9 @@ def test_a_presets_top_p_reaches_decays_config_json(monkeypatch, capsys, tmp_pat
     config = json.loads(config_file.read_text())
     assert config["sampling"]["top_p"] == 0.9
     assert (config["recipe"], config["preset"]) == ("paper-code", nucleus_preset)
+
+
+def test_eval_records_the_recipe_whose_evaluation_settings_it_took():
+    for recipe in (None, "paper-code"):
+        cfg = _configure(evaluation, model="micro-student", recipe=recipe)
+        assert cfg.recipe == (recipe or "esr-lab")

@@ -83,8 +83,8 @@ class Options:
 
 def configure(options: Options, given: Given) -> EvalConfig:
     """The options, with the recipe's evaluation settings where the command line gives none."""
-    name = options.recipe or "esr-lab"
-    recipe = recipes.eval_values(name, options.model)
+    recipe_name = options.recipe or "esr-lab"
+    recipe = recipes.eval_values(recipe_name, options.model)
     sampled = given.sampled_as_training(None, model=options.model)
     pair, sampling = sampled["pair"], sampled["sampling"]
     task = options.task or tasks.task_for_dataset(options.dataset or default_dataset(options.model))
@@ -108,7 +108,7 @@ def configure(options: Options, given: Given) -> EvalConfig:
         seed=given.run.seed,
         task=options.task,
         protocol=options.protocol or str(recipe.get("protocol", "chat")),
-        recipe=name,
+        recipe=recipe_name,
     )
 
 
