@@ -668,7 +668,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     teacher_batch = teacher_view(trainer, problems, responses)
     full_mask_BT = loss_mask(trainer, student_batch, teacher_batch)
     chosen_BT = loss_positions(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
-    local = reduction_counts(chosen_BT)
+    local = divergences.reduction_counts(chosen_BT)
     norms = dict(zip(local, group.sum(list(local.values())), strict=True))
     totals = {"loss": 0.0, "kl_selected": 0.0, "kl_all": 0.0, "selected": 0, "tokens": 0}
     trainer.model.train()
@@ -683,7 +683,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             student_batch.rows(rows_mb).to(device),
             teacher_batch.rows(rows_mb).to(device),
             first_row + start,
-            max(norms[cfg.reduction], 1),
+            norms[cfg.reduction],
             totals,
         )
     totals["response_tokens"] = sum(map(len, responses))
@@ -710,18 +710,7 @@ def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict.fromkeys(names, zeros)
 
 
-def reduction_counts(selected_BT: torch.Tensor) -> dict[str, int]:
-    """What each reduction averages over: the selected positions (token_mean), the rows with
-    one (sequence_mean), all rows (sequence_sum). A micro-batch's count over the whole
-    batch's is the weight that makes the micro-batch losses add up to the batch's loss."""
-    return {
-        "token_mean": int(selected_BT.sum()),
-        "sequence_mean": int(selected_BT.any(-1).sum()),
-        "sequence_sum": selected_BT.shape[0],
-    }
-
-
-def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) -> None:
+def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_count, totals) -> None:
     """Forward and backward over a few rows, weighted so gradients add up to the batch's."""
     cfg = trainer.cfg
     tokens_BT = s_batch.response_ids_BT.clamp(max=trainer.shared_vocab - 1)  # masked if beyond
@@ -736,9 +725,10 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
             stats = pair_stats(trainer, s_out.detach(), t_out, t_batch)
         selected_BT = loss_positions(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
-        weight = reduction_counts(selected_BT)[cfg.reduction] / batch_norm
         cap = crosstok.ROW_LOSS_CAP if cross_clamped(trainer) else None
-        loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction, cap) * weight
+        loss = divergences.micro_batch_loss(
+            per_pos_BT, selected_BT, cfg.reduction, batch_count, cap
+        )
         loss.backward()
     kl_BT = per_pos_BT.detach() if stats is None else stats["reverse_kl"]
     totals["loss"] += float(loss.detach())
