@@ -26,7 +26,7 @@ import pandas as pd
 from esr_lab import interrupts
 from esr_lab.errors import UserError
 
-# What grading a math response adds to it (metrics.grade_samples), in every table of graded math.
+# What grading a math response adds to it (tasks.grade_samples), in every table of graded math.
 MATH_GRADES = (
     "correct",
     "correct_relaxed",

@@ -831,10 +831,7 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
         (cfg.seed, "eval", step),
         cfg.eval_style,
     )
-    if cfg.task == "math":
-        graded = metrics.grade_samples(samples, problems, cfg.extraction)
-    else:
-        graded = metrics.grade_task_samples(cfg.task, samples, problems, cfg.protocol)
+    graded = tasks.grade_samples(cfg.task, samples, problems, cfg.protocol, cfg.extraction)
     graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
     return {"step": step, **metrics.accuracy_metrics(graded)}, graded
 

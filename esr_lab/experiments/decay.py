@@ -42,7 +42,6 @@ from esr_lab.options import (
 from esr_lab.records import declare, open_run, write_table
 from esr_lab.seeding import row_seed
 
-CONDITIONS = ("teacher_alone", "student_alone", "teacher_from_prefix")
 SCHEMAS = declare(
     {
         "decay_samples": (
@@ -313,7 +312,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=10,
     finding="1 teacher decay",
     step=1,

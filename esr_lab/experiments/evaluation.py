@@ -183,7 +183,7 @@ def _run_math(cfg: EvalConfig, paths: Paths):
     dataset = cfg.dataset or default_dataset(cfg.model)
     problems = load_problems(dataset, limit=cfg.limit)
     run_dir, samples = _sample(cfg, problems, "math", dataset, paths)
-    graded = metrics.grade_samples(samples, problems, cfg.extraction)
+    graded = tasks.grade_samples("math", samples, problems, extraction=cfg.extraction)
     graded.insert(0, "step", 0)
     graded.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "samples.parquet", graded, "eval_samples")

@@ -8,8 +8,8 @@ subcommand. The module holds, beside each other:
   dataclass defaults, through `options.settings`;
 - `run(cfg, paths) -> Result`: the work, writing the run folder and returning its tables;
 - `print_summary(result)`: the short terminal table;
-- its table schemas and its figure (a plot function from `esr_lab.figures` and the saved
-  tables it reads).
+- its table schemas (`records.declare`, which `write_table` checks) and its figure (a plot
+  function from `esr_lab.figures` and the saved tables it reads).
 Adding a finding is one new module plus its preset section: the CLI builds the subcommand from
 the registry, `reproduce` runs every experiment with a `finding`, and `plot` redraws every
 `figure` from saved tables.
@@ -87,7 +87,6 @@ class Experiment:
     run: Callable[[Any, Paths], Result | None]
     print_summary: Callable[[Result], None]
     figure: Figure | None = None
-    schemas: dict[str, tuple[str, ...]] = field(default_factory=dict)
     order: int = 100  # position in `esr-lab --help`
     finding: str | None = None  # the paper finding `reproduce` runs it for; None: not a step
     step: int = 0  # position in `reproduce`: cheap scans first, then training

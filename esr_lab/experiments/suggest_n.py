@@ -152,7 +152,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=100,
     finding="10 choosing N",
     step=3,

@@ -170,7 +170,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=110,
     finding="11 token categories",
     step=4,
