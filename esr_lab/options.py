@@ -18,8 +18,8 @@ import typer
 from esr_lab import presets, recipes, toy
 from esr_lab.config import ModelPair, default_max_new_tokens, pair_and_sampling
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Paths
 from esr_lab.prompts import DEFAULT_INSTRUCTION
+from esr_lab.records import Paths
 
 
 def opt(help_text: str, **kwargs) -> typer.models.OptionInfo:
