@@ -101,7 +101,6 @@ def reproduce_command(
     ] = None,
 ) -> None:
     """Every experiment in order on one pair; resumable (rerun the same command)."""
-    from esr_lab import figures
     from esr_lab.experiments import reproduce
 
     presets.load_preset(preset)  # an unknown preset fails before any work
@@ -131,7 +130,7 @@ def reproduce_command(
 
     reproduce.run(reproduce.pick_steps(only, registry.reproduction_steps()), invoke)
     if figures_dir is not None:
-        for path in figures.rebuild_all(results_dir, figures_dir):
+        for path in registry.rebuild_all(results_dir, figures_dir):
             typer.echo(f"figure: {path}")
     if export is not None:
         copied = reproduce.export_summaries(results_dir, f"reproduce-{preset}", export)
@@ -146,11 +145,9 @@ def plot_command(
     out: Annotated[Path, opt("Folder for the figures.")] = Path("figures"),
 ) -> None:
     """Rebuild every figure from saved results alone (no model is loaded)."""
-    from esr_lab import figures
-
     if not Path(results_dir).is_dir():
         raise UserError(f"--results-dir {results_dir} is not a folder; pass a results folder")
-    written = figures.rebuild_all(results_dir, options.writable_folder(out, "--out"))
+    written = registry.rebuild_all(results_dir, options.writable_folder(out, "--out"))
     if not written:
         raise UserError(
             f"no finished runs in '{results_dir}' to plot; run an experiment first "

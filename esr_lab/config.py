@@ -6,7 +6,7 @@ has: which models, how prompts are rendered, how to sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from esr_lab import toy
 from esr_lab.prompts import DEFAULT_INSTRUCTION, PromptStyle
@@ -64,3 +64,16 @@ def default_dataset(student: str) -> str:
 
 def default_max_new_tokens(student: str) -> int:
     return TOY_MAX_NEW_TOKENS if toy.is_toy_model(student) else REAL_MAX_NEW_TOKENS
+
+
+def named(kind, values: dict) -> dict:
+    """The values whose keys are fields of the dataclass (or dataclass type) `kind`."""
+    return {f.name: values[f.name] for f in fields(kind) if f.name in values}
+
+
+def pair_and_sampling(values: dict) -> tuple[ModelPair, Sampling]:
+    """The model pair and sampling named by flat option values (`options.settings`); the
+    response budget defaults by student (toy worlds are short, real answers long)."""
+    student = values.get("student", ModelPair.student)
+    values = {"max_new_tokens": default_max_new_tokens(student), **values}
+    return ModelPair(**named(ModelPair, values)), Sampling(**named(Sampling, values))

@@ -222,6 +222,31 @@ def reduce_loss(
     return sums_B.sum() / counts_B.sum().clamp(min=1)
 
 
+def reduction_counts(selected_BT: Tensor) -> dict[str, int]:
+    """What each reduction averages over: the selected positions (token_mean), the rows with
+    one (sequence_mean), all rows (sequence_sum)."""
+    return {
+        "token_mean": int(selected_BT.sum()),
+        "sequence_mean": int(selected_BT.any(-1).sum()),
+        "sequence_sum": selected_BT.shape[0],
+    }
+
+
+def micro_batch_loss(
+    per_pos_BT: Tensor,
+    mask_BT: Tensor,
+    mode: str,
+    batch_count: int,
+    row_cap: float | None = None,
+) -> Tensor:
+    """A micro-batch's part of the whole batch's loss: its own `reduce_loss`, weighted by its
+    count of what `mode` averages over (`reduction_counts`) out of the whole batch's
+    `batch_count` (summed over every micro-batch and process), so that the micro-batches'
+    losses, and their gradients, add up to the loss of the batch reduced at once."""
+    weight = reduction_counts(mask_BT.bool())[mode] / max(batch_count, 1)
+    return reduce_loss(per_pos_BT, mask_BT, mode, row_cap) * weight
+
+
 def _position_blocks(shape_BTV: torch.Size, chunk: int) -> list[tuple[int, slice]]:
     """(row, slice of positions) blocks; per-row slices are views, so nothing is copied."""
     if chunk < 1:

@@ -418,18 +418,3 @@ def latest_run(folder: Path, *tables: str) -> Path | None:
         p.parent for p in folder.glob(f"*/{first}") if all((p.parent / t).is_file() for t in rest)
     ]
     return max(runs, key=lambda run: (run / first).stat().st_mtime_ns) if runs else None
-
-
-def rebuild_all(results_dir: Path, out_dir: Path) -> list[Path]:
-    """Every figure whose experiment has a complete run in `results_dir`, drawn into `out_dir`.
-
-    The figures are looked up in the experiment registry, each drawn from its saved tables."""
-    from esr_lab.experiments.registry import figures
-
-    written = []
-    for folder, figure in figures().items():
-        run = latest_run(Path(results_dir) / folder, *figure.reads)
-        if run is not None:
-            figure.draw(run, [Path(out_dir) / figure.file])
-            written.append(Path(out_dir) / figure.file)
-    return written

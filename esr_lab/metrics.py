@@ -84,50 +84,21 @@ def _generate_with_bar(engine, prompts, seeds, sampling: Sampling):
     return out
 
 
-def grade_samples(
-    samples: pd.DataFrame, problems: Sequence[Problem], extraction: str
-) -> pd.DataFrame:
-    """Add correctness under the chosen and the other extractions, and collapse markers."""
-    gold = {p.id: p.answer for p in problems}
-    out = samples.copy()
-    texts, answers = out.completion.tolist(), out.problem_id.map(gold).tolist()
-    out["correct"] = [
-        grading.grade_math(t, a, extraction) for t, a in zip(texts, answers, strict=True)
-    ]
-    out["correct_relaxed"] = [
-        grading.grade_math(t, a, "relaxed") for t, a in zip(texts, answers, strict=True)
-    ]
-    out["correct_first_boxed"] = [
-        grading.grade_math(t, a, "first_boxed") for t, a in zip(texts, answers, strict=True)
-    ]
-    which = "first" if extraction == "first_boxed" else "last"
-    out["answer"] = [grading.extract_boxed(t, which) for t in texts]
-    return with_collapse_markers(out)
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    # Chen et al. 2021 (Codex paper), eq. 1, in its numerically stable product form.
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def grade_task_samples(
-    task: str, samples: pd.DataFrame, problems: Sequence, protocol: str = "chat"
-) -> pd.DataFrame:
-    """`grade_samples` for a code or function-calling task: its grader's `correct` (every
-    extraction column holds it, there being one way to read a program or a call) and the
-    task-free collapse markers (repetition, length; boxes are counted as they stand)."""
-    from esr_lab import tasks  # the code sandbox and BFCL checker, only when a task needs them
-
-    graded = tasks.grade(task, samples[["problem_id", "sample", "completion"]], problems, protocol)
-    out = samples.copy()
-    for column in ("correct", "correct_relaxed", "correct_first_boxed"):
-        out[column] = graded.correct.to_numpy(dtype=bool)
-    out["answer"] = None
-    return with_collapse_markers(out)
-
-
-def with_collapse_markers(graded: pd.DataFrame) -> pd.DataFrame:
-    """Finding 9's per-response markers, whatever the task: boxes, repetition, length."""
-    texts = graded.completion.tolist()
-    graded["n_boxed"] = [grading.count_boxed(t) for t in texts]
-    graded["repetitive"] = [grading.is_repetitive(t) for t in texts]
-    graded["chars"] = [len(t) for t in texts]
-    return graded
+def mean_pass_at_k(graded: pd.DataFrame, k: int | None = None) -> float:
+    """pass@k averaged over problems; k defaults to the fewest samples any problem has (with k
+    samples each, a problem passes when any sample is correct)."""
+    counts = graded.groupby("problem_id", sort=False).correct.agg(["size", "sum"])
+    k = int(counts["size"].min()) if k is None else k
+    pairs = list(counts.itertuples(index=False))
+    return sum(pass_at_k(n, c, k) for n, c in pairs) / len(pairs)
 
 
 def majority_correct(group: pd.DataFrame) -> bool:
@@ -161,7 +132,7 @@ def accuracy_metrics(graded: pd.DataFrame) -> dict[str, float]:
         "avg_at_k": avg,
         "avg_ci_low": low,
         "avg_ci_high": high,
-        "pass_at_k": float(by_problem.correct.any().mean()),
+        "pass_at_k": mean_pass_at_k(graded),
         "maj_at_k": float(by_problem.apply(majority_correct, include_groups=False).mean())
         if voted
         else math.nan,

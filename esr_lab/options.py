@@ -16,10 +16,10 @@ from typing import Annotated
 import typer
 
 from esr_lab import presets, recipes, toy
-from esr_lab.config import ModelPair, Sampling, default_max_new_tokens
+from esr_lab.config import ModelPair, default_max_new_tokens, pair_and_sampling
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Paths
 from esr_lab.prompts import DEFAULT_INSTRUCTION
+from esr_lab.records import Paths
 
 
 def opt(help_text: str, **kwargs) -> typer.models.OptionInfo:
@@ -105,11 +105,6 @@ class SamplingOptions:
             "max_new_tokens": self.max_new_tokens,
             "stop_at_end_of_turn": self.stop_at_end_of_turn,
         }
-
-    def sampling(self, student: str) -> Sampling:
-        given = {k: v for k, v in self.values().items() if v is not None}
-        given.setdefault("max_new_tokens", default_max_new_tokens(student))
-        return Sampling(**given)
 
 
 @dataclass
@@ -296,8 +291,19 @@ class Given:
     def pair(self) -> ModelPair:
         return self.models.pair()
 
-    def sampling_for(self, model: str | None = None) -> Sampling:
-        return self.sampling.sampling(model or self.models.student)
+    def sampled_as_training(
+        self, preset: str | None, recipe: str | None = None, model: str | None = None
+    ) -> dict:
+        """The models and sampling of a command that samples without training (a scan, an
+        evaluation of `model`), resolved as `train` with the same preset and recipe resolves
+        them, so that one preset samples alike everywhere; with the recipe and preset named,
+        as its config records them."""
+        sampler = model or self.models.student
+        flat = {**self.models.values(), **self.sampling.values()}
+        values = settings("train", sampler, flat, preset, recipe)
+        values.setdefault("max_new_tokens", default_max_new_tokens(sampler))
+        pair, sampling = pair_and_sampling(values)
+        return {"pair": pair, "sampling": sampling, "recipe": values["recipe"], "preset": preset}
 
     def paths(self, own) -> Paths:
         """Where the run writes: the run group's options, else the command's own; folders that

@@ -1,4 +1,6 @@
-"""Settings presets as TOML in `experiments/`: the paper's pairs, and the CPU toy settings.
+"""Settings presets as TOML in `esr_lab/preset_files/` (package data, so an installed wheel has
+them; `experiments/` at the top of the repository is a link to that folder): the paper's pairs,
+and the CPU toy settings.
 
 A preset is a table per command (`[train]`, `[sweep_n]`, ...) of option values. Options given
 on the command line win over the preset, and the preset wins over the paper's defaults, which
@@ -13,7 +15,7 @@ from pathlib import Path
 from esr_lab import toy
 from esr_lab.errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments"
+PRESET_DIR = Path(__file__).resolve().parent / "preset_files"
 
 
 def available() -> list[str]:

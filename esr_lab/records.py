@@ -26,7 +26,18 @@ import pandas as pd
 from esr_lab import interrupts
 from esr_lab.errors import UserError
 
-# What grading a math response adds to it (metrics.grade_samples), in every table of graded math.
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run writes, under which id, and whether it shows progress bars."""
+
+    results_dir: Path = Path("results")
+    figures_dir: Path | None = None  # a second copy of the figure, where asked
+    run_id: str | None = None
+    show_progress: bool = True
+
+
+# What grading a math response adds to it (tasks.grade_samples), in every table of graded math.
 MATH_GRADES = (
     "correct",
     "correct_relaxed",

@@ -20,16 +20,16 @@ Samples are a table with `problem_id`, `sample` and `completion` (the response t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from esr_lab import bfcl, bfcl_paper, humaneval
+from esr_lab import bfcl, bfcl_paper, grading, humaneval
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
+from esr_lab.metrics import majority_correct, mean_pass_at_k
 from esr_lab.prompts import DEFAULT_INSTRUCTION
 from esr_lab.records import SCHEMAS, RunDir, write_table
 
@@ -54,15 +54,41 @@ def _load_math(dataset: str, limit: int | None, protocol: str = "chat") -> list:
     return load_problems(dataset, limit=limit)
 
 
-def _grade_math(samples: pd.DataFrame, problems: Sequence, protocol: str = "chat") -> pd.DataFrame:
-    from esr_lab.metrics import grade_samples  # imports torch; math only
+def _grade_math(
+    samples: pd.DataFrame,
+    problems: Sequence,
+    protocol: str = "chat",
+    extraction: str = "last_boxed",
+) -> pd.DataFrame:
+    """Correctness under the chosen and the other extractions, the extracted answer (for
+    maj@k), and the collapse markers."""
+    gold = {p.id: p.answer for p in problems}
+    out = samples.copy()
+    texts, answers = out.completion.tolist(), out.problem_id.map(gold).tolist()
+    out["correct"] = [
+        grading.grade_math(t, a, extraction) for t, a in zip(texts, answers, strict=True)
+    ]
+    out["correct_relaxed"] = [
+        grading.grade_math(t, a, "relaxed") for t, a in zip(texts, answers, strict=True)
+    ]
+    out["correct_first_boxed"] = [
+        grading.grade_math(t, a, "first_boxed") for t, a in zip(texts, answers, strict=True)
+    ]
+    which = "first" if extraction == "first_boxed" else "last"
+    out["answer"] = [grading.extract_boxed(t, which) for t in texts]
+    return with_collapse_markers(out)
 
-    return grade_samples(samples, problems, "last_boxed")
+
+def with_collapse_markers(graded: pd.DataFrame) -> pd.DataFrame:
+    """Finding 9's per-response markers, whatever the task: boxes, repetition, length."""
+    texts = graded.completion.tolist()
+    graded["n_boxed"] = [grading.count_boxed(t) for t in texts]
+    graded["repetitive"] = [grading.is_repetitive(t) for t in texts]
+    graded["chars"] = [len(t) for t in texts]
+    return graded
 
 
 def _math_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    from esr_lab.metrics import majority_correct
-
     by_problem = graded.groupby("problem_id", sort=False)
     return {
         "maj_at_k": float(by_problem.apply(majority_correct, include_groups=False).mean()),
@@ -163,27 +189,38 @@ def grade(task: str, samples: pd.DataFrame, problems: Sequence, protocol: str = 
     return get_task(task).grade(samples, problems, protocol)
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
-    # Chen et al. 2021 (Codex paper), eq. 1, in its numerically stable product form.
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+def grade_samples(
+    task: str,
+    samples: pd.DataFrame,
+    problems: Sequence,
+    protocol: str = "chat",
+    extraction: str = "last_boxed",
+) -> pd.DataFrame:
+    """The one way sampled answers are graded (training evaluations, `eval`): math under every
+    extraction; a code or function-calling task by its grader's `correct`, which every
+    extraction column holds (there is one way to read a program or a call), no answer to vote
+    on; and, for every task, the collapse markers (boxes are counted as they stand)."""
+    if task == "math":
+        return _grade_math(samples, problems, protocol, extraction)
+    graded = grade(task, samples[["problem_id", "sample", "completion"]], problems, protocol)
+    out = samples.copy()
+    for column in ("correct", "correct_relaxed", "correct_first_boxed"):
+        out[column] = graded.correct.to_numpy(dtype=bool)
+    out["answer"] = None
+    return with_collapse_markers(out)
 
 
 def metrics(task: str, graded: pd.DataFrame) -> dict[str, float]:
     """accuracy (mean over problems of the share correct: pass@1, avg@k), pass@k for k = the
     fewest samples any problem has, counts, and the task's own metrics."""
-    counts = graded.groupby("problem_id", sort=False).correct.agg(["size", "sum"])
-    k = int(counts["size"].min())
-    pairs = list(counts.itertuples(index=False))
-    accuracy = sum(pass_at_k(n, c, 1) for n, c in pairs) / len(pairs)
+    counts = graded.groupby("problem_id", sort=False).correct.size()
+    accuracy = mean_pass_at_k(graded, 1)
     return {
         "accuracy": accuracy,
         "pass_at_1": accuracy,
-        "k": float(k),
-        "pass_at_k": sum(pass_at_k(n, c, k) for n, c in pairs) / len(pairs),
-        "n_problems": float(len(pairs)),
+        "k": float(counts.min()),
+        "pass_at_k": mean_pass_at_k(graded),
+        "n_problems": float(len(counts)),
         "n_samples": float(len(graded)),
         **get_task(task).extra_metrics(graded),
     }

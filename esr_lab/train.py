@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,7 @@ from esr_lab.config import (
     Sampling,
     default_dataset,
     default_max_new_tokens,
+    named,
 )
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -141,8 +142,8 @@ class TrainConfig:
         """This config with flat option values put in the fields of those names (model pair,
         sampling or the config itself); an ablation switches one recipe difference this way."""
         parts = {"pair": self.pair, "sampling": self.sampling}
-        parts = {name: replace(part, **_named(part, values)) for name, part in parts.items()}
-        return replace(self, **{**_named(self, values), **parts})
+        parts = {name: replace(part, **named(part, values)) for name, part in parts.items()}
+        return replace(self, **{**named(self, values), **parts})
 
     @property
     def label(self) -> str:
@@ -288,11 +289,6 @@ class TrainConfig:
             raise UserError(f"--top-k must be >= 0 (0: off), got {self.sampling.top_k}")
         if self.loss == "sampled_token":
             _check_sampled_token(self)
-
-
-def _named(obj: object, values: dict) -> dict:
-    """The values whose keys are fields of the dataclass `obj`."""
-    return {f.name: values[f.name] for f in fields(obj) if f.name in values}
 
 
 def _check_fraction(option: str, value: float, low: float, high: float) -> None:
@@ -672,7 +668,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
     teacher_batch = teacher_view(trainer, problems, responses)
     full_mask_BT = loss_mask(trainer, student_batch, teacher_batch)
     chosen_BT = loss_positions(trainer, step, full_mask_BT, _zero_stats(full_mask_BT), first_row)
-    local = reduction_counts(chosen_BT)
+    local = divergences.reduction_counts(chosen_BT)
     norms = dict(zip(local, group.sum(list(local.values())), strict=True))
     totals = {"loss": 0.0, "kl_selected": 0.0, "kl_all": 0.0, "selected": 0, "tokens": 0}
     trainer.model.train()
@@ -687,7 +683,7 @@ def train_step(trainer: Trainer, step: int) -> dict[str, float]:
             student_batch.rows(rows_mb).to(device),
             teacher_batch.rows(rows_mb).to(device),
             first_row + start,
-            max(norms[cfg.reduction], 1),
+            norms[cfg.reduction],
             totals,
         )
     totals["response_tokens"] = sum(map(len, responses))
@@ -714,18 +710,7 @@ def _zero_stats(mask_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict.fromkeys(names, zeros)
 
 
-def reduction_counts(selected_BT: torch.Tensor) -> dict[str, int]:
-    """What each reduction averages over: the selected positions (token_mean), the rows with
-    one (sequence_mean), all rows (sequence_sum). A micro-batch's count over the whole
-    batch's is the weight that makes the micro-batch losses add up to the batch's loss."""
-    return {
-        "token_mean": int(selected_BT.sum()),
-        "sequence_mean": int(selected_BT.any(-1).sum()),
-        "sequence_sum": selected_BT.shape[0],
-    }
-
-
-def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) -> None:
+def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_count, totals) -> None:
     """Forward and backward over a few rows, weighted so gradients add up to the batch's."""
     cfg = trainer.cfg
     tokens_BT = s_batch.response_ids_BT.clamp(max=trainer.shared_vocab - 1)  # masked if beyond
@@ -740,9 +725,10 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_norm, totals) 
             stats = pair_stats(trainer, s_out.detach(), t_out, t_batch)
         selected_BT = loss_positions(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
-        weight = reduction_counts(selected_BT)[cfg.reduction] / batch_norm
         cap = crosstok.ROW_LOSS_CAP if cross_clamped(trainer) else None
-        loss = divergences.reduce_loss(per_pos_BT, selected_BT, cfg.reduction, cap) * weight
+        loss = divergences.micro_batch_loss(
+            per_pos_BT, selected_BT, cfg.reduction, batch_count, cap
+        )
         loss.backward()
     kl_BT = per_pos_BT.detach() if stats is None else stats["reverse_kl"]
     totals["loss"] += float(loss.detach())
@@ -845,10 +831,7 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
         (cfg.seed, "eval", step),
         cfg.eval_style,
     )
-    if cfg.task == "math":
-        graded = metrics.grade_samples(samples, problems, cfg.extraction)
-    else:
-        graded = metrics.grade_task_samples(cfg.task, samples, problems, cfg.protocol)
+    graded = tasks.grade_samples(cfg.task, samples, problems, cfg.protocol, cfg.extraction)
     graded = pd.concat(group.gather(graded), ignore_index=True)  # every process, rank order
     return {"step": step, **metrics.accuracy_metrics(graded)}, graded
 

@@ -8,8 +8,9 @@ import pytest
 
 from esr_lab.errors import UserError
 from esr_lab.humaneval import build_program, extract_code, grade_code, load_code_problems
+from esr_lab.metrics import pass_at_k
 from esr_lab.sandbox import Limits
-from esr_lab.tasks import load_task_problems, metrics, pass_at_k
+from esr_lab.tasks import load_task_problems, metrics
 
 FAST = Limits(timeout_s=3.0, memory_mb=1024)
 

@@ -14,8 +14,10 @@ from esr_lab.divergences import (
     entropy,
     forward_kl,
     generalized_jsd,
+    micro_batch_loss,
     per_position_loss,
     reduce_loss,
+    reduction_counts,
     reverse_kl,
     sampled_token_advantage,
     sampled_token_pg_loss,
@@ -347,3 +349,19 @@ def test_chunked_stats_rank_membership_on_hand_built_logits() -> None:
         ((rank >= 1) & (rank < 5)).sum().item(),
         (rank == 5).sum().item(),
     ] == [1, 2, 2]
+
+
+@pytest.mark.parametrize("mode", ["sequence_sum", "sequence_mean", "token_mean"])
+@pytest.mark.parametrize("row_cap", [None, 2.0])
+def test_micro_batch_losses_add_up_to_the_whole_batchs(mode, row_cap) -> None:
+    torch.manual_seed(0)
+    per_pos_BT = torch.rand(5, 7) * 4
+    mask_BT = torch.rand(5, 7) > 0.4
+    mask_BT[2] = False  # a row with nothing selected
+    whole = reduce_loss(per_pos_BT, mask_BT, mode, row_cap)
+    count = reduction_counts(mask_BT)[mode]
+    parts = [
+        micro_batch_loss(per_pos_BT[rows], mask_BT[rows], mode, count, row_cap)
+        for rows in (slice(0, 2), slice(2, 3), slice(3, 5))
+    ]
+    torch.testing.assert_close(sum(parts), whole)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from esr_lab.figures import latest_run, rebuild_all
+from esr_lab.experiments.registry import rebuild_all
+from esr_lab.figures import latest_run
 from esr_lab.records import open_run, write_table
 from tests.helpers import run_cli
 

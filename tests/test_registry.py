@@ -84,7 +84,6 @@ HELLO = textwrap.dedent(
         run=run,
         print_summary=print_summary,
         figure=FIGURE,
-        schemas=SCHEMAS,
         finding="99 greetings",
         step=99,
     )

@@ -296,7 +296,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=70,
     finding="9 collapse: recipe ablation",
     step=10,

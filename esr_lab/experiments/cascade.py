@@ -160,7 +160,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=120,
     finding="5 cascade",
     step=7,

@@ -30,11 +30,18 @@ from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_decay
-from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, opt, parse_int_list
+from esr_lab.options import (
+    Given,
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    ScanPreset,
+    opt,
+    parse_int_list,
+)
 from esr_lab.records import declare, open_run, write_table
 from esr_lab.seeding import row_seed
 
-CONDITIONS = ("teacher_alone", "student_alone", "teacher_from_prefix")
 SCHEMAS = declare(
     {
         "decay_samples": (
@@ -74,6 +81,8 @@ class DecayConfig:
     samples: int = 4
     prefix_lengths: tuple[int, ...] = (0, 25, 50, 100, 200, 300)
     sampling: Sampling = field(default_factory=Sampling)
+    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
+    preset: str | None = None  # the preset named on the command line
     seed: int = 0
     batch_size: int = 64
     extraction: str = "last_boxed"
@@ -109,16 +118,16 @@ class Options:
     prefix_lengths: Annotated[str, opt("Student prefix lengths, tokens.")] = "0,25,50,100,200,300"
     batch_size: Annotated[int, opt("Rows per generation batch.")] = 64
     extraction: Annotated[str, opt("last_boxed, first_boxed or relaxed.")] = "last_boxed"
+    preset: ScanPreset = None
 
 
 def configure(options: Options, given: Given) -> DecayConfig:
     return DecayConfig(
-        pair=given.pair(),
+        **given.sampled_as_training(options.preset),
         dataset=options.dataset,
         limit=options.limit,
         samples=options.samples,
         prefix_lengths=parse_int_list(options.prefix_lengths, "--prefix-lengths"),
-        sampling=given.sampling_for(),
         seed=given.run.seed,
         batch_size=options.batch_size,
         extraction=options.extraction,
@@ -303,7 +312,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=10,
     finding="1 teacher decay",
     step=1,

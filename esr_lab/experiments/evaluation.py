@@ -50,6 +50,7 @@ class EvalConfig:
     batch_size: int = 64
     task: str | None = None  # math, humaneval or bfcl; None: inferred from the dataset
     protocol: str = "chat"  # code and function calling: tasks.PROTOCOLS
+    recipe: str = "esr-lab"  # whose evaluation settings filled what was not given
 
     def resolved(self) -> EvalConfig:
         if self.samples < 1:
@@ -82,8 +83,10 @@ class Options:
 
 def configure(options: Options, given: Given) -> EvalConfig:
     """The options, with the recipe's evaluation settings where the command line gives none."""
-    recipe = recipes.eval_values(options.recipe or "esr-lab", options.model)
-    pair, sampling = given.pair(), given.sampling_for(options.model)
+    recipe_name = options.recipe or "esr-lab"
+    recipe = recipes.eval_values(recipe_name, options.model)
+    sampled = given.sampled_as_training(None, model=options.model)
+    pair, sampling = sampled["pair"], sampled["sampling"]
     task = options.task or tasks.task_for_dataset(options.dataset or default_dataset(options.model))
     if task == "math":  # the recipe's MATH-500 prompt and sampling, where none is given
         if "instruction" in recipe and pair.instruction == DEFAULT_INSTRUCTION:
@@ -105,6 +108,7 @@ def configure(options: Options, given: Given) -> EvalConfig:
         seed=given.run.seed,
         task=options.task,
         protocol=options.protocol or str(recipe.get("protocol", "chat")),
+        recipe=recipe_name,
     )
 
 
@@ -179,7 +183,7 @@ def _run_math(cfg: EvalConfig, paths: Paths):
     dataset = cfg.dataset or default_dataset(cfg.model)
     problems = load_problems(dataset, limit=cfg.limit)
     run_dir, samples = _sample(cfg, problems, "math", dataset, paths)
-    graded = metrics.grade_samples(samples, problems, cfg.extraction)
+    graded = tasks.grade_samples("math", samples, problems, extraction=cfg.extraction)
     graded.insert(0, "step", 0)
     graded.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "samples.parquet", graded, "eval_samples")

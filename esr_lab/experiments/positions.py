@@ -43,6 +43,8 @@ FIGURE = Figure("positions.png", ("bins.parquet",), plot_positions)
 class PositionsConfig:
     pair: ModelPair = field(default_factory=ModelPair)
     sampling: Sampling = field(default_factory=Sampling)
+    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
+    preset: str | None = None  # the preset named on the command line
     dataset: str | None = None  # None: the toy world's training prompts, else math500
     rollouts: int = 1000
     bin_width: int = 10
@@ -71,8 +73,7 @@ def configure(options: Options, given: Given) -> PositionsConfig:
     values = settings("positions", student, given_values, options.preset)
     window = options.window or settings("train", student, {}, options.preset).get("n")
     return PositionsConfig(
-        pair=given.pair(),
-        sampling=given.sampling_for(),
+        **given.sampled_as_training(options.preset),
         dataset=options.dataset,
         seed=given.run.seed,
         **values,

@@ -249,7 +249,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=80,
     finding="8 efficiency",
     step=9,

@@ -8,8 +8,8 @@ subcommand. The module holds, beside each other:
   dataclass defaults, through `options.settings`;
 - `run(cfg, paths) -> Result`: the work, writing the run folder and returning its tables;
 - `print_summary(result)`: the short terminal table;
-- its table schemas and its figure (a plot function from `esr_lab.figures` and the saved
-  tables it reads).
+- its table schemas (`records.declare`, which `write_table` checks) and its figure (a plot
+  function from `esr_lab.figures` and the saved tables it reads).
 Adding a finding is one new module plus its preset section: the CLI builds the subcommand from
 the registry, `reproduce` runs every experiment with a `finding`, and `plot` redraws every
 `figure` from saved tables.
@@ -26,17 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from esr_lab.records import RunDir
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where a run writes, under which id, and whether it shows progress bars."""
-
-    results_dir: Path = Path("results")
-    figures_dir: Path | None = None  # a second copy of the figure, where asked
-    run_id: str | None = None
-    show_progress: bool = True
+from esr_lab.figures import latest_run
+from esr_lab.records import Paths, RunDir
 
 
 @dataclass
@@ -87,7 +78,6 @@ class Experiment:
     run: Callable[[Any, Paths], Result | None]
     print_summary: Callable[[Result], None]
     figure: Figure | None = None
-    schemas: dict[str, tuple[str, ...]] = field(default_factory=dict)
     order: int = 100  # position in `esr-lab --help`
     finding: str | None = None  # the paper finding `reproduce` runs it for; None: not a step
     step: int = 0  # position in `reproduce`: cheap scans first, then training
@@ -112,3 +102,15 @@ def figures() -> dict[str, Figure]:
 def reproduction_steps() -> list[Experiment]:
     """The experiments `reproduce` runs, cheap scans first, then training."""
     return sorted((e for e in experiments() if e.finding is not None), key=lambda e: e.step)
+
+
+def rebuild_all(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Every figure whose experiment has a complete run in `results_dir`, drawn into `out_dir`
+    from its saved tables (`esr-lab plot`)."""
+    written = []
+    for folder, figure in figures().items():
+        run = latest_run(Path(results_dir) / folder, *figure.reads)
+        if run is not None:
+            figure.draw(run, [Path(out_dir) / figure.file])
+            written.append(Path(out_dir) / figure.file)
+    return written

@@ -154,7 +154,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=60,
     finding="6 token selection",
     step=6,

@@ -207,7 +207,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=130,
     finding="7 sub-mode commitment",
     step=8,

@@ -60,6 +60,8 @@ FIGURE = Figure("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_sugg
 class SuggestConfig:
     pair: ModelPair = field(default_factory=ModelPair)
     sampling: Sampling = field(default_factory=Sampling)
+    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
+    preset: str | None = None  # the preset named on the command line
     dataset: str | None = None  # None: the toy world's training prompts, else math500
     rollouts: int = 1000
     threshold: float = 0.45
@@ -84,8 +86,7 @@ def configure(options: Options, given: Given) -> SuggestConfig:
     given_values = {"rollouts": options.rollouts, "threshold": options.threshold}
     values = settings("suggest_n", given.models.student, given_values, options.preset)
     return SuggestConfig(
-        pair=given.pair(),
-        sampling=given.sampling_for(),
+        **given.sampled_as_training(options.preset),
         dataset=options.dataset,
         seed=given.run.seed,
         **values,
@@ -151,7 +152,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=100,
     finding="10 choosing N",
     step=3,

@@ -66,6 +66,8 @@ FIGURE = Figure("tokens.png", ("categories.parquet",), plot_tokens)
 class TokensConfig:
     pair: ModelPair = field(default_factory=ModelPair)
     sampling: Sampling = field(default_factory=Sampling)
+    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
+    preset: str | None = None  # the preset named on the command line
     dataset: str | None = None  # None: the toy world's training prompts, else math500
     rollouts: int = 1000
     edges: tuple[int, ...] = PAPER_EDGES
@@ -117,8 +119,7 @@ def configure(options: Options, given: Given) -> TokensConfig:
     }
     values = settings("tokens", given.models.student, given_values, options.preset)
     return TokensConfig(
-        pair=given.pair(),
-        sampling=given.sampling_for(),
+        **given.sampled_as_training(options.preset),
         dataset=options.dataset,
         top=options.top,
         seed=given.run.seed,
@@ -169,7 +170,6 @@ EXPERIMENT = Experiment(
     run=run,
     print_summary=print_summary,
     figure=FIGURE,
-    schemas=SCHEMAS,
     order=110,
     finding="11 token categories",
     step=4,

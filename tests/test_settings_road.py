@@ -1,0 +1,56 @@
+"""One settings road: a scan samples as `train` with the same preset and recipe samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esr_lab import options, presets
+from esr_lab.experiments import decay, evaluation, positions, suggest_n, tokens
+from tests.helpers import MICRO, run_cli
+
+SCANS = (decay, positions, suggest_n, tokens)
+
+
+def _configure(module, **own):
+    defaults = options.defaults((module.Options, *module.EXPERIMENT.groups))
+    defaults.update(student="micro-student", teacher="micro-teacher", **own)
+    return module.configure(*options.split(defaults, module.Options, module.EXPERIMENT.groups))
+
+
+@pytest.fixture
+def nucleus_preset(tmp_path, monkeypatch):
+    """A preset whose training table sets a top-p and picks the paper's recipe."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    text = '[train]\nrecipe = "paper-code"\ntop_p = 0.9\n'
+    (folder / "nucleus.toml").write_text(text)
+    monkeypatch.setattr(presets, "PRESET_DIR", folder)
+    return "nucleus"
+
+
+@pytest.mark.parametrize("module", SCANS, ids=lambda m: m.EXPERIMENT.command)
+def test_a_preset_samples_alike_in_train_and_in_every_scan(module, nucleus_preset):
+    cfg = _configure(module, preset=nucleus_preset)
+    assert cfg.sampling.top_p == 0.9  # the preset's, over the recipe's 0.95
+    assert cfg.sampling.top_k == 50 and not cfg.sampling.stop_at_end_of_turn  # the recipe's
+    assert (cfg.recipe, cfg.preset) == ("paper-code", nucleus_preset)
+    given = _configure(module, preset=nucleus_preset, top_p=0.5)
+    assert given.sampling.top_p == 0.5  # the command line wins
+
+
+def test_a_presets_top_p_reaches_decays_config_json(monkeypatch, capsys, tmp_path, nucleus_preset):
+    args = ("decay", *MICRO, "--preset", nucleus_preset, "--limit", "1", "--samples", "1")
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args, "--prefix-lengths", "0,4")
+    assert code == 0, err
+    (config_file,) = (tmp_path / "results" / "decay").glob("*/config.json")
+    config = json.loads(config_file.read_text())
+    assert config["sampling"]["top_p"] == 0.9
+    assert (config["recipe"], config["preset"]) == ("paper-code", nucleus_preset)
+
+
+def test_eval_records_the_recipe_whose_evaluation_settings_it_took():
+    for recipe in (None, "paper-code"):
+        cfg = _configure(evaluation, model="micro-student", recipe=recipe)
+        assert cfg.recipe == (recipe or "esr-lab")
