@@ -173,3 +173,49 @@ def test_two_processes_in_two_folders_share_one_results_folder(tmp_path):
     summaries = [pd.read_parquet(p) for p in sorted(shared.glob("sweep_n/*/summary.parquet"))]
     assert len(summaries) == 2
     pd.testing.assert_frame_equal(summaries[0], summaries[1])
+
+
+def test_reproduce_passes_seeds_and_jobs_to_the_training_steps(monkeypatch, capsys, tmp_path):
+    export = tmp_path / "committed"
+    args = ("reproduce", "--preset", "micro", "--only", "sweep-n", "--quiet")
+    args += ("--seeds", "2", "--jobs", "2", "--export", str(export))
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, *args)
+    assert code == 0, err
+    run = tmp_path / "results" / "sweep_n" / "reproduce-micro-seeds-0-1"
+    assert pd.read_parquet(run / "seeds.parquet").seed.tolist() == [0, 1] * 4
+    assert "over seeds" in out
+    exported = export / "sweep_n" / "reproduce-micro-seeds-0-1" / "seed_aggregate.parquet"
+    assert exported.is_file()
+
+
+def test_figures_draw_the_seed_spread(tmp_path):
+    from esr_lab.figures import _over_seeds, plot_ablate, plot_select, plot_sweep_n
+
+    labels = ["esr-2", "esr-2", "esr-4", "esr-4", "full", "full"]
+    summary = pd.DataFrame(
+        {
+            "label": labels,
+            "base_avg_at_k": [0.1] * 6,
+            "best_avg_at_k": [0.2, 0.4, 0.5, 0.7, 0.3, 0.5],
+        }
+    )
+    means, per_seed = _over_seeds(summary)
+    assert means.label.tolist() == ["esr-2", "esr-4", "full"] and per_seed is summary
+    assert means.best_avg_at_k.tolist() == pytest.approx([0.3, 0.6, 0.4])
+    assert _over_seeds(summary.iloc[::2])[1] is None  # one seed: drawn as before
+    plot_sweep_n(summary, [tmp_path / "sweep_n.png"])
+    plot_select(summary, [tmp_path / "select.png"])
+    evals = pd.DataFrame(
+        {
+            "variant": ["full"] * 4,
+            "recipe": ["esr-lab"] * 4,
+            "difference": [""] * 4,
+            "train_run": ["f0", "f0", "f1", "f1"],
+            "step": [0, 2, 0, 2],
+            **{c: [0.1, 0.2, 0.1, 0.3] for c in ("avg_at_k", "relaxed_avg_at_k")},
+            **{c: [1.0] * 4 for c in ("mean_tokens", "multi_boxed_pct", "repetitive_pct")},
+            "boxes_per_response": [1.0] * 4,
+        }
+    )
+    plot_ablate(evals, [tmp_path / "ablate.png"])
+    assert all((tmp_path / f).is_file() for f in ("sweep_n.png", "select.png", "ablate.png"))
