@@ -76,7 +76,12 @@ def _gpus() -> int:
 
 
 def _start_worker(slots, threads: int, gpus: int) -> None:
-    slot = slots.get()
+    import queue
+
+    try:
+        slot = slots.get(timeout=5)
+    except queue.Empty:  # a worker the pool restarted after one died: the slots are taken
+        slot = os.getpid()
     if gpus > 1:  # one GPU per worker; before torch is imported here
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
     import torch
