@@ -96,6 +96,11 @@ def reproduce_command(
         opt("Also redraw every figure here at the end (e.g. figures) [default: run folders only]."),
     ] = None,
     quiet: Annotated[bool, opt("No progress bars.")] = False,
+    seeds: Annotated[
+        str | None,
+        opt("Train every variant once per seed (0,1,2, or a count) [default: seed 0 alone]."),
+    ] = None,
+    jobs: Annotated[int, opt("Training runs at once, each in its own process.", min=1)] = 1,
     export: Annotated[
         Path | None, opt("Also copy the small result tables here (e.g. results/toy).")
     ] = None,
@@ -112,6 +117,7 @@ def reproduce_command(
     if preset not in toy.TOY_WORLDS and not (student and teacher):
         raise UserError(f"--preset {preset} needs --student and --teacher (hub ids or folders)")
     world = preset if preset in toy.TOY_WORLDS else None
+    replicated = options.parse_seeds(seeds)  # a bad list fails before any work
     given = {
         "student": student or f"{world}-student",
         "teacher": teacher or f"{world}-teacher",
@@ -124,6 +130,10 @@ def reproduce_command(
     def invoke(experiment: registry.Experiment) -> None:
         values = options.defaults((experiment.options, *experiment.groups))
         values.update(given)
+        if options.SeedOptions in experiment.groups:
+            values.update(seeds=seeds, jobs=jobs)
+            if replicated is not None:  # its own run id: a seeded step has another config
+                values["run_id"] = seeded_run_id(given["run_id"], replicated)
         if world is None and "preset" in values:  # a toy student finds its world's preset
             values["preset"] = preset
         run_experiment(experiment, values)
@@ -133,8 +143,20 @@ def reproduce_command(
         for path in registry.rebuild_all(results_dir, figures_dir):
             typer.echo(f"figure: {path}")
     if export is not None:
-        copied = reproduce.export_summaries(results_dir, f"reproduce-{preset}", export)
+        run_ids = {f"reproduce-{preset}"}
+        if replicated is not None:
+            run_ids.add(seeded_run_id(f"reproduce-{preset}", replicated))
+        copied = [
+            path
+            for run_id in sorted(run_ids)
+            for path in reproduce.export_summaries(results_dir, run_id, export)
+        ]
         typer.echo(f"exported {len(copied)} files to {export}")
+
+
+def seeded_run_id(run_id: str, seeds: tuple[int, ...]) -> str:
+    """The fixed run id of a reproduce step trained over seeds: reproduce-toy-seeds-0-1-2."""
+    return f"{run_id}-seeds-{'-'.join(map(str, seeds))}"
 
 
 @app.command(

@@ -98,7 +98,9 @@ def _esr_n(label: str) -> int | None:
 
 
 def plot_sweep_n(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
-    """Best accuracy vs the ESR window N, with the untrained student at N=0 (finding 3)."""
+    """Best accuracy vs the ESR window N, with the untrained student at N=0 (finding 3); over
+    several seeds, the mean with each seed's point beside it."""
+    summary, per_seed = _over_seeds(summary)
     esr = summary[summary.label.str.startswith("esr-")].copy()
     esr["n"] = esr.label.map(_esr_n)
     esr = esr.sort_values("n")
@@ -111,8 +113,15 @@ def plot_sweep_n(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg
     ax.plot([0], [base], "o", color=STUDENT_COLOR, markersize=9)
     for x, y in zip(xs, ys, strict=True):
         ax.annotate(f"{y:.1f}", (x, y), xytext=(0, 8), textcoords="offset points", ha="center")
+    if per_seed is not None:
+        points = per_seed.label.map(dict(zip(esr.label, xs[1:], strict=True)))  # NaN: not ESR
+        seeds = per_seed.best_avg_at_k * 100
+        ax.plot(points, seeds, ".", color=ESR_COLOR, alpha=0.5, label="ESR, each seed")
     for label, style, color in (("full", "--", STUDENT_COLOR), ("progressive", ":", CURVE_COLOR)):
         row = summary[summary.label.str.startswith(label)]
+        if len(row) and per_seed is not None:  # the band the seeds span
+            seeds = per_seed[per_seed.label == row.label.iloc[0]].best_avg_at_k * 100
+            ax.axhspan(seeds.min(), seeds.max(), color=color, alpha=0.12)
         if len(row):
             value = row.best_avg_at_k.iloc[0] * 100
             ax.axhline(
@@ -130,7 +139,9 @@ def plot_sweep_n(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg
 
 
 def plot_select(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
-    """Best accuracy per token-selection rule at the same budget (finding 6)."""
+    """Best accuracy per token-selection rule at the same budget (finding 6); over several
+    seeds, the mean's bar with each seed's point on it."""
+    summary, per_seed = _over_seeds(summary)
     ordered = summary.sort_values("best_avg_at_k")
     colors = [
         ESR_COLOR if lab.startswith("esr-") else STUDENT_COLOR if lab == "full" else SELECT_COLOR
@@ -147,12 +158,24 @@ def plot_select(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@
             va="center",
             fontsize=9,
         )
+    if per_seed is not None:
+        rows = per_seed.label.map({label: y for y, label in enumerate(ordered.label)})
+        ax.plot(per_seed.best_avg_at_k * 100, rows, "k.", alpha=0.6, label="seeds")
     base = summary.base_avg_at_k.iloc[0] * 100
     ax.axvline(base, linestyle="--", color="black", linewidth=1, label=f"untrained: {base:.1f}")
     _style(ax, "Which tokens carry the loss (same budget)", f"best {benchmark} (%)", "")
     ax.legend(loc="lower right")
     fig.tight_layout()
     _save(fig, paths)
+
+
+def _over_seeds(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(one row per label, the per-seed rows or None): a summary with several rows per label
+    (--seeds) becomes their mean, first-seen order kept; one row per label is left as it is."""
+    if not summary.label.duplicated().any():
+        return summary, None
+    means = summary.groupby("label", sort=False)[["base_avg_at_k", "best_avg_at_k"]].mean()
+    return means.reset_index(), summary
 
 
 def plot_training_curve(evals: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
@@ -181,16 +204,23 @@ def plot_ablate(evals: pd.DataFrame, paths: list[Path]) -> None:
     green, full OPD black (paper-code dashed), single differences dotted in colour."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
     singles = iter(plt.get_cmap("tab10").colors)
-    for variant, part in evals.groupby("variant", sort=False):
+    drawn: set[str] = set()
+    colors: dict[str, object] = {}
+    # one line per training run: over several seeds, one per seed, named once in the legend
+    for (variant, _), part in evals.groupby(["variant", "train_run"], sort=False):
+        name = "_nolegend_" if variant in drawn else variant
+        drawn.add(variant)
         paper = part.recipe.iloc[0] == "paper-code"
         if part.difference.iloc[0]:
-            color, style = next(singles), ":"
+            if variant not in colors:  # a variant's seeds share its colour
+                colors[variant] = next(singles)
+            color, style = colors[variant], ":"
         elif variant.endswith(" full"):
             color, style = "black", "--" if paper else "-"
         else:
             color, style = ("#00897b" if paper else ESR_COLOR), "--" if paper else "-"
         for ax, (column, _, scale) in zip(axes.flat, ABLATE_PANELS, strict=True):
-            ax.plot(part.step, part[column] * scale, style, color=color, marker="o", label=variant)
+            ax.plot(part.step, part[column] * scale, style, color=color, marker="o", label=name)
     for ax, (_, ylabel, _) in zip(axes.flat, ABLATE_PANELS, strict=True):
         _style(ax, ylabel, "step", "")
     axes.flat[0].legend(fontsize=8, loc="best")

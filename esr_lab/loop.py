@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock
 
 from esr_lab import distributed, interrupts, train
-from esr_lab.console import progress_bar
+from esr_lab.console import console, progress_bar
 from esr_lab.errors import UserError
 from esr_lab.records import (
     SCHEMAS,
@@ -156,6 +156,8 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
     if group.on_main(lambda: run_id is not None and finished.is_file()):
         # nothing left to do: no models to load
         run_dir = open_run(results_dir, experiment, train.config_dict(cfg), run_id)
+        # said even when quiet: a run another command, worker or machine trained is reused
+        console.print(f"reused finished run {run_dir.path}")
         evals = pd.read_parquet(run_dir.path / "evals.parquet")
         return RunResult(run_dir, pd.read_parquet(finished), evals)
     config = train.config_dict(cfg)

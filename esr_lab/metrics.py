@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from scipy import stats
 
 from esr_lab import grading
 from esr_lab.config import Sampling
 from esr_lab.data import Problem
+from esr_lab.intervals import t_interval
 from esr_lab.prompts import PromptStyle
 from esr_lab.seeding import row_seed
 
@@ -25,13 +25,10 @@ if TYPE_CHECKING:
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean with a Student-t confidence interval, clipped to [0, 1] (values are accuracies)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
+    mean, _, low, high = t_interval(values, confidence)
+    if len(values) < 2:
         return mean, mean, mean
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, df=n - 1) * sd / math.sqrt(n)
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+    return mean, max(0.0, low), min(1.0, high)
 
 
 def sample_answers(

@@ -109,13 +109,33 @@ class SamplingOptions:
 
 @dataclass
 class RunOptions:
-    seed: Annotated[int, opt("Seed; every sample's seed derives from it.")] = 0
+    # None (not given) becomes 0 in Given: only then can --seed beside --seeds be refused
+    seed: Annotated[int | None, opt("Seed; every sample's seed derives from it [default: 0].")] = (
+        None
+    )
     results_dir: Annotated[Path, opt("Where run folders are written.")] = Path("results")
     figures_dir: Annotated[
         Path | None, opt("Also write the figure here [default: only in the run folder].")
     ] = None
     run_id: Annotated[str | None, opt("Run name; an existing run resumes.")] = None
     quiet: Annotated[bool, opt("No progress bars.")] = False
+
+
+@dataclass
+class SeedOptions:
+    """Replicates of every training run, and how many train at once (training commands)."""
+
+    seeds: Annotated[
+        str | None,
+        opt(
+            "Train every variant once per seed: 0,1,2, or a count (3: seeds 0,1,2); tables add "
+            "the mean and a 95% interval over seeds [default: --seed alone]."
+        ),
+    ] = None
+    jobs: Annotated[
+        int,
+        opt("Training runs at once, each in its own process (one per GPU where several).", min=1),
+    ] = 1
 
 
 @dataclass
@@ -287,6 +307,22 @@ class Given:
     sampling: SamplingOptions | None = None
     run: RunOptions | None = None
     train: TrainOptions | None = None
+    replicates: SeedOptions | None = None
+
+    def __post_init__(self) -> None:
+        seeds = self.replicates.seeds if self.replicates is not None else None
+        if self.run is None:
+            return
+        if seeds is not None and self.run.seed is not None:
+            raise UserError("--seed and --seeds both given; pass one (--seeds 5,6 for others)")
+        if self.run.seed is None:
+            self.run.seed = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...] | None:
+        """The --seeds list, or None when not given (one run per variant at --seed, as ever)."""
+        given = self.replicates.seeds if self.replicates is not None else None
+        return parse_seeds(given)
 
     def pair(self) -> ModelPair:
         return self.models.pair()
@@ -317,6 +353,7 @@ class Given:
             else writable_folder(figures_dir, "--figures-dir"),
             run_id=source.run_id,
             show_progress=not getattr(source, "quiet", False),
+            jobs=self.replicates.jobs if self.replicates is not None else 1,
         )
 
 
@@ -348,6 +385,7 @@ GROUPS: dict[type, str] = {
     SamplingOptions: "sampling",
     RunOptions: "run",
     TrainOptions: "train",
+    SeedOptions: "replicates",
 }
 
 
@@ -397,6 +435,18 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
 def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     """parse_int_list, with None (not given) kept as None."""
     return None if text is None else parse_int_list(text, option)
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """--seeds: '0,1,2' -> (0, 1, 2); a lone count '3' -> (0, 1, 2); None stays None."""
+    if text is None:
+        return None
+    seeds = parse_int_list(text, "--seeds")
+    if len(seeds) == 1 and "," not in text:
+        seeds = tuple(range(seeds[0]))
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds takes distinct seeds >= 0 like 0,1,2 or a count; got '{text}'")
+    return seeds
 
 
 # Options several commands declare the same way.

@@ -35,6 +35,7 @@ class Paths:
     figures_dir: Path | None = None  # a second copy of the figure, where asked
     run_id: str | None = None
     show_progress: bool = True
+    jobs: int = 1  # training runs at once (--jobs): how, not what, so never in a config
 
 
 # What grading a math response adds to it (tasks.grade_samples), in every table of graded math.

@@ -25,7 +25,7 @@ import pandas as pd
 
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import run_variants
+from esr_lab.experiments.common import print_seed_summary, run_variants, with_seeds
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_ablate
 from esr_lab.options import (
@@ -33,6 +33,7 @@ from esr_lab.options import (
     ModelOptions,
     RunOptions,
     SamplingOptions,
+    SeedOptions,
     TrainOptions,
     Window,
     default_train_config,
@@ -124,6 +125,7 @@ class AblateConfig:
     esr_lab: TrainConfig = field(default_factory=default_train_config)  # under --recipe esr-lab
     paper_code: TrainConfig = field(default_factory=default_train_config)  # --recipe paper-code
     differences: tuple[str, ...] = tuple(DIFFERENCES)
+    seeds: tuple[int, ...] | None = None  # --seeds; None: the bases' one seed
 
     def resolved(self) -> AblateConfig:
         unknown = sorted(set(self.differences) - set(DIFFERENCES))
@@ -147,6 +149,19 @@ class AblateConfig:
             cfg = esr_lab_full.with_settings(values)
             out.append(Variant(f"full + {name}", "esr-lab", name, cfg))
         return out
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """The findings' paired differences: ESR minus full OPD under each recipe, and each
+        difference switched on alone minus the full OPD it was switched on in."""
+        names = [v.name for v in self.variants()]
+        esr_vs_full = [(names[1], names[0]), (names[3], names[2])]
+        return esr_vs_full + [(name, names[0]) for name in names[4:]]
+
+    def seeded_variants(self) -> list[Variant]:
+        """Every variant once per seed (variant-major), as run_variants trains them."""
+        return [
+            replace(v, cfg=cfg) for v in self.variants() for cfg in with_seeds([v.cfg], self.seeds)
+        ]
 
 
 def eval_table(run_id: str, variants: list[Variant], evals: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +188,8 @@ def summary_table(evals: pd.DataFrame, collapsed: list[bool]) -> pd.DataFrame:
     """Per variant: the untrained, best (the paper's reported number) and final evaluation,
     each with its CI; the final one's three accuracies and collapse signature."""
     rows = []
-    parts = [part for _, part in evals.groupby("variant", sort=False)]
+    # one part per training run: a variant's seeds apart (each variant has one run per seed)
+    parts = [part for _, part in evals.groupby(["variant", "train_run"], sort=False)]
     for part, flag in zip(parts, collapsed, strict=True):
         trained = part[part.step > 0]
         best, final = trained.loc[trained.avg_at_k.idxmax()], trained.iloc[-1]
@@ -209,6 +225,7 @@ def configure(options: Options, given: Given) -> AblateConfig:
         paper_code=bases["paper-code"],
         differences=tuple(name.strip() for name in values.get("differences", []))
         or tuple(DIFFERENCES),
+        seeds=given.seeds,
     )
 
 
@@ -217,25 +234,31 @@ def run(cfg: AblateConfig, paths: Paths) -> Result:
     cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.name for v in variants])
-    parent, summary, evals = run_variants(
+    config.pop("seeds")  # run_variants records them, only where given
+    trained = run_variants(
         "ablate",
         config,
         [v.cfg for v in variants],
-        paths.results_dir,
-        paths.run_id,
-        paths.show_progress,
+        paths,
+        cfg.seeds,
+        names=[v.name for v in variants],
+        comparisons=cfg.comparisons(),
     )
-    table = eval_table(parent.run_id, variants, evals)
+    parent = trained.parent
+    table = eval_table(parent.run_id, cfg.seeded_variants(), trained.evals)
     write_table(parent.path / "ablate_evals.parquet", table, "ablate_evals")
-    result = summary_table(table, summary.collapsed.tolist())
+    result = summary_table(table, trained.summary.collapsed.tolist())
     write_table(parent.path / "ablate_summary.parquet", result, "ablate_summary")
     figure = FIGURE.save((table,), paths, parent.path)
-    return Result(parent, {"ablate_evals": table, "ablate_summary": result}, figure)
+    tables = {"ablate_evals": table, "ablate_summary": result, **trained.seed_tables}
+    return Result(parent, tables, figure)
 
 
 def print_summary(result: Result) -> None:
     summary = result.tables["ablate_summary"]
-    print_table(terminal_table(summary), f"Recipe ablation, run {result.run_dir.run_id}")
+    title = f"Recipe ablation, run {result.run_dir.run_id}"
+    print_table(terminal_table(summary), title)
+    print_seed_summary(result.tables, title)
     for line in verdict(summary):
         print(line)
 
@@ -269,13 +292,13 @@ def terminal_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def verdict(summary: pd.DataFrame) -> list[str]:
     """The two answers, read off the table: which variants collapsed, and ESR minus full OPD
-    (best across steps) under each recipe."""
-    collapsed = summary[summary.collapsed].variant.tolist()
+    (best across steps) under each recipe; with --seeds, the mean over seeds."""
+    collapsed = list(dict.fromkeys(summary[summary.collapsed].variant))
     lines = [
         f"collapsed (final below best by more than the --collapse-drop share): "
         f"{', '.join(collapsed) if collapsed else 'none'}"
     ]
-    best = summary.set_index("variant").best_avg_at_k
+    best = summary.groupby("variant", sort=False).best_avg_at_k.mean()
     for recipe in ("esr-lab", "paper-code"):
         esr = next(v for v in best.index if v.startswith(f"{recipe} ") and v != f"{recipe} full")
         gap = (best[esr] - best[f"{recipe} full"]) * 100
@@ -291,7 +314,7 @@ EXPERIMENT = Experiment(
         "alone: which difference, if any, makes full OPD collapse."
     ),
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
     configure=configure,
     run=run,
     print_summary=print_summary,

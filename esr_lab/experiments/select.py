@@ -19,7 +19,12 @@ import pandas as pd
 from esr_lab.console import print_table, progress_bar
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import run_variants, summary_table
+from esr_lab.experiments.common import (
+    print_seed_summary,
+    run_variants,
+    summary_table,
+    trained_tables,
+)
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_select
 from esr_lab.options import (
@@ -27,6 +32,7 @@ from esr_lab.options import (
     ModelOptions,
     RunOptions,
     SamplingOptions,
+    SeedOptions,
     TrainOptions,
     default_train_config,
     opt,
@@ -64,6 +70,7 @@ class SelectConfig:
     budget: int = 100
     selectors: tuple[str, ...] = BASELINES
     share_rollouts: int = 64  # full-length rollouts used to measure the top-k loss share
+    seeds: tuple[int, ...] | None = None  # --seeds; None: the base config's one seed
 
     def resolved(self) -> SelectConfig:
         if self.budget < 1:
@@ -77,6 +84,12 @@ class SelectConfig:
         picked = [replace(self.base, selector=s, budget=self.budget) for s in self.selectors]
         double_hs = replace(self.base, selector="top_student_entropy", budget=2 * self.budget)
         return [esr, full, *picked, double_hs]
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """The finding's paired differences: every other variant (full OPD and each selector)
+        minus ESR."""
+        esr, *others = self.variants()
+        return [(v.label, esr.label) for v in others if v.label != esr.label]
 
 
 def top_k_loss_share(cfg: SelectConfig, show_progress: bool) -> float:
@@ -119,27 +132,30 @@ def configure(options: Options, given: Given) -> SelectConfig:
         values["selectors"] = tuple(s.strip() for s in options.selectors.split(","))
     elif base.recipe == "paper-code":
         values.setdefault("selectors", PAPER_CODE_BASELINES)
-    return SelectConfig(base=base, **values)
+    return SelectConfig(base=base, seeds=given.seeds, **values)
 
 
 def run(cfg: SelectConfig, paths: Paths) -> Result:
     cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.label for v in variants])
-    parent, summary, evals = run_variants(
-        "select", config, variants, paths.results_dir, paths.run_id, paths.show_progress
+    config.pop("seeds")  # run_variants records them, only where given
+    trained = run_variants(
+        "select", config, variants, paths, cfg.seeds, comparisons=cfg.comparisons()
     )
+    parent, summary = trained.parent, trained.summary
     share = top_k_loss_share(cfg, paths.show_progress)
     loss_share = pd.DataFrame([{"run_id": parent.run_id, "budget": cfg.budget, "share": share}])
     write_table(parent.path / "loss_share.parquet", loss_share, "loss_share")
     figure = FIGURE.save((summary,), paths, parent.path)
-    tables = {"summary": summary, "evals": evals, "loss_share": loss_share}
+    tables = {**trained_tables(trained), "loss_share": loss_share}
     return Result(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
 
 
 def print_summary(result: Result) -> None:
     title = f"Token selection, run {result.run_dir.run_id}"
-    print_table(summary_table(result.tables["summary"]), title)
+    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
+    print_seed_summary(result.tables, title)
     budget, share = result.facts["budget"], result.facts["share"]
     print(f"top-{budget} RKL tokens hold {share * 100:.1f}% of the trajectory's loss")
 
@@ -149,7 +165,7 @@ EXPERIMENT = Experiment(
     folder="select",
     help="Finding 6: ESR against KL/entropy token selection with the same token budget.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import run_variants, summary_table
+from esr_lab.experiments.common import (
+    print_seed_summary,
+    run_variants,
+    summary_table,
+    trained_tables,
+)
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_sweep_n
 from esr_lab.options import (
@@ -24,6 +29,7 @@ from esr_lab.options import (
     ModelOptions,
     RunOptions,
     SamplingOptions,
+    SeedOptions,
     TrainOptions,
     default_train_config,
     int_list,
@@ -46,6 +52,7 @@ class SweepConfig:
     ns: tuple[int, ...] = PAPER_NS
     full: bool = True
     progressive: bool = True
+    seeds: tuple[int, ...] | None = None  # --seeds; None: the base config's one seed
 
     def resolved(self) -> SweepConfig:
         if not self.ns or min(self.ns) < 1:
@@ -71,6 +78,12 @@ class SweepConfig:
             )
         return esr + extra
 
+    def comparisons(self) -> list[tuple[str, str]]:
+        """The finding's paired differences: each ESR window minus full OPD."""
+        if not self.full:
+            return []
+        return [(v.label, "full") for v in self.variants() if v.selector == "first_n" and v.n]
+
 
 @dataclass
 class Options:
@@ -91,6 +104,7 @@ def configure(options: Options, given: Given) -> SweepConfig:
         ns=tuple(values.get("ns", PAPER_NS)),
         full=options.full,
         progressive=options.progressive,
+        seeds=given.seeds,
     )
 
 
@@ -98,15 +112,18 @@ def run(cfg: SweepConfig, paths: Paths) -> Result:
     cfg = cfg.resolved()
     variants = cfg.variants()
     config = dict(asdict(cfg), variants=[v.label for v in variants])
-    parent, summary, evals = run_variants(
-        "sweep_n", config, variants, paths.results_dir, paths.run_id, paths.show_progress
+    config.pop("seeds")  # run_variants records them, only where given
+    trained = run_variants(
+        "sweep_n", config, variants, paths, cfg.seeds, comparisons=cfg.comparisons()
     )
-    figure = FIGURE.save((summary,), paths, parent.path)
-    return Result(parent, {"summary": summary, "evals": evals}, figure)
+    figure = FIGURE.save((trained.summary,), paths, trained.parent.path)
+    return Result(trained.parent, trained_tables(trained), figure)
 
 
 def print_summary(result: Result) -> None:
-    print_table(summary_table(result.tables["summary"]), f"N sweep, run {result.run_dir.run_id}")
+    title = f"N sweep, run {result.run_dir.run_id}"
+    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
+    print_seed_summary(result.tables, title)
 
 
 EXPERIMENT = Experiment(
@@ -114,7 +131,7 @@ EXPERIMENT = Experiment(
     folder="sweep_n",
     help="Finding 3: best accuracy of ESR for several N, against full OPD and progressive N.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
     configure=configure,
     run=run,
     print_summary=print_summary,
