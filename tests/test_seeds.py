@@ -119,6 +119,20 @@ def test_sweep_n_with_seeds_writes_per_seed_rows_and_the_aggregate(monkeypatch, 
     assert len(pd.read_parquet(run / "summary.parquet")) == 8
 
 
+def test_train_with_seeds_trains_once_per_seed(monkeypatch, capsys, tmp_path):
+    args = ("train", *MICRO, "--steps", "2", "--eval-every", "2", "--seeds", "2", "--run-id", "t")
+    code, out, _ = run_cli(monkeypatch, capsys, tmp_path, *args)
+    assert code == 0 and "over seeds (95% t-interval)" in out
+    run = tmp_path / "results" / "train" / "t"
+    per_seed = pd.read_parquet(run / "seeds.parquet")
+    assert per_seed.seed.tolist() == [0, 1] and per_seed.train_run.nunique() == 2
+    aggregate = pd.read_parquet(run / "seed_aggregate.parquet")
+    assert (aggregate.n_seeds == 2).all() and set(aggregate.reference) == {""}
+    assert (run / "curve.png").is_file()
+    refused = run_cli(monkeypatch, capsys, tmp_path, *args[:-2], "--num-processes", "2")
+    assert refused[0] == 2 and "--jobs" in refused[2]
+
+
 def test_without_seeds_nothing_changes_and_one_seed_reuses_its_run(monkeypatch, capsys, tmp_path):
     args = (*SWEEP, "--ns", "2", "--no-progressive")
     code, _, _ = run_cli(monkeypatch, capsys, tmp_path, *args, "--run-id", "plain")

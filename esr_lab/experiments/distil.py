@@ -2,6 +2,10 @@
 rollout) or full-rollout OPD, one run. The training itself is `esr_lab/loop.py` and
 `esr_lab/train.py`; this module turns the command's options into a TrainConfig, runs it
 (relaunching under accelerate for `--num-processes N`), and draws the run's training curve.
+
+With `--seeds`, the run is trained once per seed (each a content-addressed run under
+`results/runs/`, `--jobs` at a time) and the command's folder holds the combined tables and the
+aggregate over seeds (`experiments/common.py`), as `sweep-n` does for its variants.
 """
 
 from __future__ import annotations
@@ -12,7 +16,12 @@ from typing import Annotated
 
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import summary_table
+from esr_lab.experiments.common import (
+    print_seed_summary,
+    run_variants,
+    summary_table,
+    trained_tables,
+)
 from esr_lab.experiments.registry import Experiment, Paths, Result
 from esr_lab.figures import plot_training_curve
 from esr_lab.options import (
@@ -20,6 +29,7 @@ from esr_lab.options import (
     ModelOptions,
     RunOptions,
     SamplingOptions,
+    SeedOptions,
     TrainOptions,
     Window,
     int_list,
@@ -44,25 +54,38 @@ class Options:
 def configure(options: Options, given: Given):
     from esr_lab import distributed
 
+    if given.seeds is not None and options.num_processes > 1:
+        raise UserError("--seeds and --num-processes both given; use --jobs for seeds at once")
     if options.num_processes > 1 and distributed.group().world == 1:
         argv = distributed.without_num_processes(sys.argv[1:])
         sys.exit(distributed.relaunch(options.num_processes, argv))
     schedule = int_list(options.progressive or None, "--progressive")
     if schedule is not None and len(schedule) != 2:
         raise UserError(f"--progressive takes START,END like 5,200; got '{options.progressive}'")
-    return given.train.config(
+    cfg = given.train.config(
         given,
         n=options.n,
         selector=options.selector or ("all" if options.full else "first_n"),
         budget=options.budget,
         progressive=schedule,
     )
+    return cfg if given.seeds is None else Seeded(cfg, given.seeds)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """One training config to train once per seed."""
+
+    cfg: object  # TrainConfig
+    seeds: tuple[int, ...]
 
 
 def run(cfg, paths: Paths) -> Result | None:
     """Train (or resume) the run; the main process draws its curve from the evaluations."""
     from esr_lab import distributed, loop
 
+    if isinstance(cfg, Seeded):
+        return _run_seeds(cfg, paths)
     run_dir, summary, evals = loop.run(cfg, paths.results_dir, paths.run_id, paths.show_progress)
     if not distributed.group().is_main:
         return None
@@ -70,9 +93,21 @@ def run(cfg, paths: Paths) -> Result | None:
     return Result(run_dir, {"summary": summary, "evals": evals})
 
 
+def _run_seeds(seeded: Seeded, paths: Paths) -> Result:
+    """The run once per seed; the curves of every seed in one figure."""
+    from esr_lab import train
+
+    base = seeded.cfg.resolved()
+    config = {k: v for k, v in train.config_dict(base).items() if k != "seed"}
+    trained = run_variants("train", config, [base], paths, seeded.seeds)
+    plot_training_curve(trained.evals, [trained.parent.path / "curve.png"])
+    return Result(trained.parent, trained_tables(trained))
+
+
 def print_summary(result: Result) -> None:
     title = f"Training, run {result.run_dir.run_id}"
-    print_table(summary_table(result.tables["summary"]), title)
+    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
+    print_seed_summary(result.tables, title)
 
 
 EXPERIMENT = Experiment(
@@ -80,7 +115,7 @@ EXPERIMENT = Experiment(
     folder="train",
     help="Distil the teacher into the student with ESR (first N tokens) or full OPD.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
     configure=configure,
     run=run,
     print_summary=print_summary,
