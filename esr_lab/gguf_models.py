@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 from filelock import FileLock
 
@@ -114,6 +115,7 @@ def converted_folder(name: str) -> Path:
 def _convert(path: Path, folder: Path) -> None:
     """De-quantize `path` into a temporary sibling of `folder`, then rename it into place."""
     import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_reader
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.utils import logging as hf_logging
 
@@ -125,16 +127,19 @@ def _convert(path: Path, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the loader's notes on a GGUF's metadata are not ours
+    # The reader draws its own tqdm bar per file, outside transformers' progress-bar switch.
+    quiet_reader = patch.object(gguf_reader, "tqdm", lambda items, **_: items)
     try:
         source = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(**source)
-            model = AutoModelForCausalLM.from_pretrained(
-                **source,
-                dtype=torch.float32,
-                # de-quantized on purpose: esr-lab trains and scores plain weights
-                quantization_config=GgufConfig(gguf_file=path.name, dequantize=True),
-            )
+            with quiet_reader:
+                tokenizer = AutoTokenizer.from_pretrained(**source)
+                model = AutoModelForCausalLM.from_pretrained(
+                    **source,
+                    dtype=torch.float32,
+                    # de-quantized on purpose: esr-lab trains and scores plain weights
+                    quantization_config=GgufConfig(gguf_file=path.name, dequantize=True),
+                )
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else repr(err)
             raise UserError(f"cannot read GGUF file {path} ({reason})") from err
