@@ -12,9 +12,10 @@ Gemma-2 -> Gemma-3 pair) goes through text, and so does this module:
    when its span is empty (a continuation byte of a character split over several tokens: the
    token starting the character takes all of it), when no teacher token covers its middle
    character, or when its token string is not in both vocabularies.
-2. Vocabulary matching by token string. Both distributions are restricted to the strings the
-   two vocabularies share and renormalised there (the log-softmax runs over the gathered
-   logits); any loss of `divergences.LOSSES` is then taken there, reverse KL by default.
+2. Vocabulary matching by the text each token writes (`token_text`: `Ġ` and `▁` are a
+   space). Both distributions are restricted to the strings the two vocabularies share and
+   renormalised there (the log-softmax runs over the gathered logits); any loss of
+   `divergences.LOSSES` is then taken there, reverse KL by default.
 3. "uld", Universal Logit Distillation, needs no shared strings: the L1 distance between the
    sorted probability vectors of the two full distributions.
 
@@ -70,6 +71,7 @@ from esr_lab.scoring import (
     token_logprobs,
     vocabularies_agree,
 )
+from esr_lab.token_text import match_by_text
 
 # Share of the smaller vocabulary whose strings the other vocabulary must also hold. Below half,
 # most of the smaller model's tokens get no probability from the other, and a KL renormalised
@@ -101,7 +103,9 @@ class SharedVocab:
 def shared_vocab(
     student_tokenizer, teacher_tokenizer, min_overlap: float = MIN_OVERLAP
 ) -> SharedVocab:
-    """Match the vocabularies by token string; refuse a pair that shares too few strings.
+    """Match the vocabularies by the text each token writes (`token_text`: `Ġ` and `▁` are
+    both a space, `<0xNN>` its byte, a special token only itself); refuse a pair that shares too
+    few strings.
 
     The overlap is counted against the smaller vocabulary, so a vocabulary that extends the
     other counts as full overlap. The teacher tokenizer must be a fast one: the alignment
@@ -115,13 +119,13 @@ def shared_vocab(
             "cross-tokenizer OPD needs a fast (Rust) tokenizer"
         )
     student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    pairs = sorted((i, teacher_vocab[s]) for s, i in student_vocab.items() if s in teacher_vocab)
+    pairs = match_by_text(student_tokenizer, teacher_tokenizer)
     n_student, n_teacher = len(student_vocab), len(teacher_vocab)
     fraction = len(pairs) / max(1, min(n_student, n_teacher))
     if fraction < min_overlap:
         raise UserError(
-            f"student and teacher share {len(pairs):,} of {n_student:,} / {n_teacher:,} token "
-            f"strings ({fraction:.1%}); cross-tokenizer OPD needs at least {min_overlap:.0%}"
+            f"student and teacher share {len(pairs):,} of {n_student:,} / {n_teacher:,} decoded "
+            f"token strings ({fraction:.1%}); cross-tokenizer OPD needs at least {min_overlap:.0%}"
         )
     ids_S2 = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
     student_to_shared = torch.full((max(student_vocab.values()) + 1,), -1, dtype=torch.long)

@@ -1,4 +1,5 @@
-"""Load a student or teacher: a hub id, a local `save_pretrained` folder, or a toy name.
+"""Load a student or teacher: a hub id, a local `save_pretrained` folder, a GGUF file or a
+packaged GGUF name (`gguf_models`), or a toy name.
 
 Every failure a user can cause (a typo in a name, a folder without weights, a hub id while
 offline) becomes one `UserError` line; the loading itself is plain transformers.
@@ -21,7 +22,7 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from esr_lab import toy
+from esr_lab import gguf_models, toy
 from esr_lab.errors import UserError
 from esr_lab.prompts import end_of_turn_id
 
@@ -112,6 +113,8 @@ def resolve_model_source(name: str) -> str:
     """A path or hub id for `from_pretrained`, after checking what can be checked offline."""
     if toy.is_toy_model(name):
         return str(toy.toy_model_path(name))
+    if gguf_models.is_gguf_model(name):
+        return str(gguf_models.converted_folder(name))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -124,7 +127,7 @@ def resolve_model_source(name: str) -> str:
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(
             f"no model folder '{name}'; give a hub id (org/name), a folder saved with "
-            f"save_pretrained, or a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
+            f"save_pretrained, a .gguf file, or a toy model ({', '.join(toy.TOY_MODEL_NAMES)})"
         )
     _check_hub_reachable(name)
     return name

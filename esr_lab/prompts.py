@@ -26,6 +26,10 @@ DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer wit
 # The released code's MATH-500 evaluation instruction (eval_math500.py).
 PAPER_EVAL_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 PLACEMENTS = ("user", "system", "user-inline", "raw")
+# What a model without a chat template (a base model such as Gemma 3 270M) reads: its BOS where
+# its tokenizer starts every text with one, the user turn (problem, then instruction), and an
+# answer cue. Run folders record it (config.json, `plain_prompt_format`).
+PLAIN_FORMAT = "{bos}Question: {message}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -86,17 +90,30 @@ def render_prompt(
 
     `enable_thinking` is read by Qwen3's template (off by default, as in the paper); templates
     that do not use it ignore it. A tokenizer with no chat template (a raw base model) gets the
-    plain user message(s) followed by a newline; placement "raw" gives the problem verbatim.
+    user message(s) in `PLAIN_FORMAT`; placement "raw" gives the problem verbatim. Both write
+    the BOS that the tokenizer would add (`bos_text`): prompts are tokenized without special
+    tokens, because a chat template writes its own.
     """
     style = PromptStyle(instruction, placement, enable_thinking)
     if placement == "raw":
-        return problem
+        return bos_text(tokenizer) + problem
     messages = chat_messages(tokenizer, problem, style)
     if not getattr(tokenizer, "chat_template", None):
-        return "\n".join(m["content"] for m in messages) + "\n"
+        message = "\n".join(m["content"] for m in messages)
+        return PLAIN_FORMAT.format(bos=bos_text(tokenizer), message=message)
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
     )
+
+
+def bos_text(tokenizer: Any) -> str:
+    """The BOS token's text if the tokenizer starts every text with it (Gemma, Llama 2 and 3),
+    else "" (Qwen, SmolLM2): what a prompt rendered without a chat template begins with, so that
+    such a model reads its BOS exactly once."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return ""
+    return tokenizer.bos_token if tokenizer("x").input_ids[:1] == [bos_id] else ""
 
 
 def render_style(tokenizer: Any, problem: str, style: PromptStyle) -> str:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from esr_lab import interrupts
 from esr_lab.errors import UserError
+from esr_lab.prompts import PLAIN_FORMAT
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,10 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-VERSIONED_LIBRARIES = ("torch", "transformers", "peft", "datasets", "math-verify", "vllm")
-VOLATILE_KEYS = ("created", "git_commit", "versions", "run_id")
+VERSIONED_LIBRARIES = ("torch", "transformers", "peft", "datasets", "math-verify", "vllm", "gguf")
+# Recorded, not compared: what the run was made with, or the prompt a model without a chat
+# template reads (`prompts.PLAIN_FORMAT`, so an older run stays resumable when it changes).
+VOLATILE_KEYS = ("created", "git_commit", "versions", "run_id", "plain_prompt_format")
 # Options that name an input: where one is a local file or folder, the run's identity holds a
 # hash of its content ("inputs" in config.json), so an edited file is another run, not this one.
 INPUT_KEYS = (
@@ -403,6 +406,7 @@ def open_run(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
         versions=library_versions(),
+        plain_prompt_format=PLAIN_FORMAT,
     )
     created = not path.exists()
     try:

