@@ -398,7 +398,8 @@ def open_run(
     if run_id is not None and existing_run(results_dir, experiment, config, run_id):
         interrupts.note_run(root / run_id, run_id)
         return RunDir(root / run_id, run_id, resumed=True)
-    run_id = run_id or _fresh_run_id(root, config)
+    fresh = run_id is None
+    run_id = run_id or _claim_fresh_run_id(root, config)
     path = root / run_id
     full = dict(
         config,
@@ -408,7 +409,7 @@ def open_run(
         versions=library_versions(),
         plain_prompt_format=PLAIN_FORMAT,
     )
-    created = not path.exists()
+    created = fresh or not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -458,11 +459,24 @@ def _check_run_id(run_id: str) -> None:
         raise UserError(f"bad run id '{run_id}'; use letters, digits, '-' or '_'")
 
 
-def _fresh_run_id(root: Path, config: dict[str, Any]) -> str:
-    """A time-stamped id that no existing folder has."""
+def _claim_fresh_run_id(root: Path, config: dict[str, Any]) -> str:
+    """A time-stamped id whose folder this process creates: two processes started in the same
+    second with the same config (say, two machines on one shared results folder) each get their
+    own, because creating a folder that exists fails for all but one of them."""
     base = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{config_hash(config)[:6]}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {root}: {e.strerror or e}") from e
     candidate, n = base, 1
-    while (root / candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    while True:
+        try:
+            (root / candidate).mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{base}-{n}"
+        except OSError as e:
+            raise UserError(
+                f"cannot create run folder {root / candidate}: {e.strerror or e}"
+            ) from e

@@ -45,6 +45,15 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_tables_must_match_their_schema(tmp_path):
-    with pytest.raises(ValueError, match="decay_summary columns"):
-        write_table(tmp_path / "s.parquet", pd.DataFrame({"a": [1]}), "decay_summary")
+    # a core schema, declared in records itself (an experiment's are declared on its import)
+    with pytest.raises(ValueError, match="train_summary columns"):
+        write_table(tmp_path / "s.parquet", pd.DataFrame({"a": [1]}), "train_summary")
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_fresh_runs_started_together_get_their_own_folders(tmp_path):
+    """Two processes with one config in the same second (a shared results folder) must not
+    share a fresh run id: each claims its folder by creating it."""
+    first = open_run(tmp_path, "decay", {"seed": 1}, None)
+    second = open_run(tmp_path, "decay", {"seed": 1}, None)
+    assert first.path != second.path and first.path.is_dir() and second.path.is_dir()
