@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from esr_lab.choices import LOSSES, REDUCTIONS
 from esr_lab.errors import UserError
-
-LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token", "topk_support")
-REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean")
 
 
 def _log_probs(logits: Tensor, temperature: float) -> Tensor:

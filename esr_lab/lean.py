@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.divergences import LOSSES, chunked_position_stats, per_position_loss
+from esr_lab.choices import LOSSES
+from esr_lab.divergences import chunked_position_stats, per_position_loss
 from esr_lab.errors import UserError
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import Tensor
 
+from esr_lab.choices import progressive_n
 from esr_lab.errors import UserError
 from esr_lab.selection import (
     SELECTORS,
     all_positions,
     first_n,
-    progressive_n,
     random_k,
     select_positions,
     top_k_by_score,

@@ -15,9 +15,10 @@ from esr_lab.divergences import reverse_kl
 from esr_lab.errors import UserError
 from esr_lab.models import load_tokenizer
 from esr_lab.scoring import build_batch, response_logits, shared_vocab_size
+from esr_lab.train_config import TrainConfig
 from tests.tiny_models import SPECIALS, byte_level_tokenizer
 
-BASE = train.TrainConfig(
+BASE = TrainConfig(
     pair=ModelPair("micro-student", "micro-teacher"),
     n=6,
     steps=4,
@@ -34,7 +35,7 @@ BASE = train.TrainConfig(
 )
 
 
-def one_step(cfg: train.TrainConfig) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+def one_step(cfg: TrainConfig) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """Metrics, trainable parameters after the update, and the gradient that made it."""
     trainer = train.setup(cfg.resolved())
     metrics = train.train_step(trainer, 1)
