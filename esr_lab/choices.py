@@ -2,10 +2,10 @@
 
 They live here, torch-free, so that a TrainConfig is declared and checked (`train_config`)
 without importing the maths that implements them: `divergences`, `selection` and `crosstok`
-take their names from here, so each list is written once.
+take their names from here, so each list is written once. A bad value raises ValueError, a
+caller's bug: the values a user gives are checked, naming their option, in
+`TrainConfig.resolved`.
 """
-
-from esr_lab.errors import UserError
 
 LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token", "topk_support")
 CROSS_LOSSES = (*LOSSES, "uld")  # "uld": pairs with different tokenizers only (crosstok)
@@ -34,7 +34,7 @@ MIN_OVERLAP = 0.5
 def check_count(name: str, value: int) -> None:
     """Budgets are counts of tokens: at least one, or the selection is silently empty."""
     if value < 1:
-        raise UserError(f"{name}={value} is not accepted; use an integer >= 1")
+        raise ValueError(f"{name}={value} is not accepted; use an integer >= 1")
 
 
 def progressive_n(
@@ -54,7 +54,7 @@ def progressive_n(
     check_count("n_end", n_end)
     check_count("step", step)
     if schedule not in PROGRESSIVE_SCHEDULES:
-        raise UserError(
+        raise ValueError(
             f"unknown progressive schedule '{schedule}'; use {', '.join(PROGRESSIVE_SCHEDULES)}"
         )
     if schedule == "step":

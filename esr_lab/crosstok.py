@@ -316,7 +316,7 @@ def cross_position_loss(
     without meaning: the caller masks them with `cross.aligned_BT`.
     """
     if name not in CROSS_LOSSES:
-        raise UserError(f"loss {name!r} is unknown; choose one of {', '.join(CROSS_LOSSES)}")
+        raise ValueError(f"loss {name!r} is unknown; choose one of {', '.join(CROSS_LOSSES)}")
     if name == "uld":
         teacher_BTV = aligned_teacher_logits(teacher_logits_BUV, cross.columns_BT)
         return sorted_probability_l1(student_logits_BTV, teacher_BTV, temperature)

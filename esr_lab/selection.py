@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from esr_lab.choices import SELECTORS, check_count
-from esr_lab.errors import UserError
 
 # Score of each top-k selector = product of these statistics (names of select_positions args).
 _SCORE_FACTORS = {
@@ -101,7 +100,7 @@ def select_positions(
     (see `random_k`).
     """
     if name not in SELECTORS:
-        raise UserError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
+        raise ValueError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
     if name == "all":
         return all_positions(response_mask_BT)
     if name == "first_n":

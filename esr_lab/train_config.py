@@ -202,6 +202,14 @@ class TrainConfig:
                 )
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        # The maths modules refuse these too, with ValueError (a caller's bug); here a bad value
+        # from the command line or a preset is a one-line error that names its option.
+        if self.progressive and min(self.progressive) < 1:
+            raise UserError(f"--progressive takes START,END >= 1, got {self.progressive}")
+        if self.loss_temperature <= 0:
+            raise UserError(f"--loss-temperature must be positive, got {self.loss_temperature}")
+        _check_fraction("--jsd-beta", self.jsd_beta, 0.0, 1.0)
+        _check_positive(topk=self.topk)
         self._check_recipe_fields()
         world = default_dataset(self.pair.student)
         eval_dataset = self.eval_dataset or world

@@ -159,6 +159,10 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         ({"selector": "best"}, "unknown selector 'best'"),
         ({"selector": "top_rkl", "budget": 25}, "--budget 25 is larger than the rollout"),
         ({"steps": 0}, "--steps must be at least 1"),
+        ({"progressive": (0, 8)}, r"--progressive takes START,END >= 1, got \(0, 8\)"),
+        ({"loss_temperature": 0.0}, "--loss-temperature must be positive"),
+        ({"jsd_beta": 1.5}, r"--jsd-beta must be in \[0, 1\], got 1.5"),
+        ({"topk": 0}, "--topk must be at least 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(change, message):
