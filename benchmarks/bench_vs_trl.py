@@ -75,8 +75,9 @@ def run_esr_lab(args: argparse.Namespace, folder: Path) -> list[dict]:
     """esr-lab's full-OPD step (`selector=all`), full fine-tuning, the batch in one micro-batch."""
     from esr_lab import train
     from esr_lab.config import ModelPair, Sampling
+    from esr_lab.train_config import TrainConfig
 
-    cfg = train.TrainConfig(
+    cfg = TrainConfig(
         pair=ModelPair(
             str(folder / "student"), str(folder / "teacher"), "cpu", "float32", instruction=""
         ),

@@ -15,7 +15,7 @@ from esr_lab.errors import UserError
 if TYPE_CHECKING:  # the model code loads only when an adapter is checked or loaded
     from esr_lab.config import ModelPair
     from esr_lab.policy import Policy
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 
 def check_adapter(adapter: str) -> None:

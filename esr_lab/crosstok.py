@@ -15,7 +15,7 @@ Gemma-2 -> Gemma-3 pair) goes through text, and so does this module:
 2. Vocabulary matching by the text each token writes (`token_text`: `Ġ` and `▁` are a
    space). Both distributions are restricted to the strings the two vocabularies share and
    renormalised there (the log-softmax runs over the gathered logits); any loss of
-   `divergences.LOSSES` is then taken there, reverse KL by default.
+   `choices.LOSSES` is then taken there, reverse KL by default.
 3. "uld", Universal Logit Distillation, needs no shared strings: the L1 distance between the
    sorted probability vectors of the two full distributions.
 
@@ -53,9 +53,9 @@ import torch
 from torch import Tensor
 
 from esr_lab import scoring
+from esr_lab.choices import CROSS_LOSSES, MIN_OVERLAP
 from esr_lab.data import Problem
 from esr_lab.divergences import (
-    LOSSES,
     chunked_position_stats,
     chunked_reverse_kl,
     per_position_loss,
@@ -73,12 +73,6 @@ from esr_lab.scoring import (
 )
 from esr_lab.token_text import match_by_text
 
-# Share of the smaller vocabulary whose strings the other vocabulary must also hold. Below half,
-# most of the smaller model's tokens get no probability from the other, and a KL renormalised
-# over what is left no longer describes either model's distribution. Pairs meant for this path
-# (two byte-level BPEs, two SentencePiece generations of one family) share far more.
-MIN_OVERLAP = 0.5
-CROSS_LOSSES = (*LOSSES, "uld")
 # The released code's clamps (on_policy_distill_positional.py): teacher log-probs over the
 # shared strings clamped to [TEACHER_LOGP_FLOOR, 0], each trajectory's loss at ROW_LOSS_CAP.
 TEACHER_LOGP_FLOOR = -20.0
@@ -315,14 +309,14 @@ def cross_position_loss(
     `clamp` (reverse KL only): the released code's clamped teacher log-probs
     (`clamped_reverse_kl`).
 
-    "uld" compares the full distributions; every name of `divergences.LOSSES` is taken over
+    "uld" compares the full distributions; every name of `choices.LOSSES` is taken over
     the shared strings, reverse KL through the memory-lean chunked path ("uld" is not chunked:
     it sorts float32 probabilities of every position at once). "sampled_token" needs
     `student_tokens_BT` (the student's response ids). Unaligned positions hold finite values
     without meaning: the caller masks them with `cross.aligned_BT`.
     """
     if name not in CROSS_LOSSES:
-        raise UserError(f"loss {name!r} is unknown; choose one of {', '.join(CROSS_LOSSES)}")
+        raise ValueError(f"loss {name!r} is unknown; choose one of {', '.join(CROSS_LOSSES)}")
     if name == "uld":
         teacher_BTV = aligned_teacher_logits(teacher_logits_BUV, cross.columns_BT)
         return sorted_probability_l1(student_logits_BTV, teacher_BTV, temperature)

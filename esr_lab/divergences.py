@@ -19,16 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.errors import UserError
-
-LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token", "topk_support")
-REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean")
+from esr_lab.choices import LOSSES, REDUCTIONS
 
 
 def _log_probs(logits: Tensor, temperature: float) -> Tensor:
     """Log-softmax at temperature, computed in at least float32 for a stable KL."""
     if temperature <= 0:
-        raise UserError(f"temperature={temperature} is not accepted; use a number > 0")
+        raise ValueError(f"temperature={temperature} is not accepted; use a number > 0")
     dtype = torch.promote_types(logits.dtype, torch.float32)
     return F.log_softmax(logits.to(dtype) / temperature, dim=-1)
 
@@ -71,7 +68,7 @@ def generalized_jsd(
     """
     # Generalized JSD: Agarwal et al. 2024 (GKD, arXiv 2306.13649) eq. 1, TRL's beta convention.
     if not 0.0 <= beta <= 1.0:
-        raise UserError(f"beta={beta} is not accepted; use a number in [0, 1]")
+        raise ValueError(f"beta={beta} is not accepted; use a number in [0, 1]")
     logp_s = _log_probs(student_logits, temperature)
     logp_t = _log_probs(teacher_logits, temperature)
     if beta == 0.0:
@@ -125,7 +122,7 @@ def topk_support_kl(
     """
     # Local support matching (teacher top-K, renormalised): arXiv 2603.25562.
     if k < 1:
-        raise UserError(f"topk={k} is not accepted; use an integer >= 1")
+        raise ValueError(f"topk={k} is not accepted; use an integer >= 1")
     k = min(k, teacher_logits.shape[-1])
     support_ids = teacher_logits.topk(k, dim=-1).indices
     return reverse_kl(
@@ -169,7 +166,7 @@ def per_position_loss(
     every other loss reads only the logits.
     """
     if name not in LOSSES:
-        raise UserError(f"loss {name!r} is unknown; choose one of {', '.join(LOSSES)}")
+        raise ValueError(f"loss {name!r} is unknown; choose one of {', '.join(LOSSES)}")
     if name == "sampled_token":
         if student_logp_BT is None or teacher_logp_BT is None:
             raise ValueError("loss 'sampled_token' needs student_logp_BT and teacher_logp_BT")
@@ -207,7 +204,7 @@ def reduce_loss(
     then reads the row as count x that mean; a row above the cap gets no gradient.
     """
     if mode not in REDUCTIONS:
-        raise UserError(f"reduction {mode!r} is unknown; choose one of {', '.join(REDUCTIONS)}")
+        raise ValueError(f"reduction {mode!r} is unknown; choose one of {', '.join(REDUCTIONS)}")
     mask_BT = mask_BT.bool()
     kept_BT = torch.where(mask_BT, per_pos_BT, torch.zeros_like(per_pos_BT))
     counts_B = mask_BT.sum(-1)
@@ -250,7 +247,7 @@ def micro_batch_loss(
 def _position_blocks(shape_BTV: torch.Size, chunk: int) -> list[tuple[int, slice]]:
     """(row, slice of positions) blocks; per-row slices are views, so nothing is copied."""
     if chunk < 1:
-        raise UserError(f"chunk={chunk} is not accepted; use an integer >= 1")
+        raise ValueError(f"chunk={chunk} is not accepted; use an integer >= 1")
     B, T = shape_BTV[0], shape_BTV[1]
     return [(b, slice(t0, min(t0 + chunk, T))) for b in range(B) for t0 in range(0, T, chunk)]
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.divergences import LOSSES, chunked_position_stats, per_position_loss
-from esr_lab.errors import UserError
+from esr_lab.choices import LOSSES
+from esr_lab.divergences import chunked_position_stats, per_position_loss
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,13 @@ class LossSpec:
 
     def check(self) -> None:
         if self.name not in LOSSES:
-            raise UserError(f"loss {self.name!r} is unknown; choose one of {', '.join(LOSSES)}")
+            raise ValueError(f"loss {self.name!r} is unknown; choose one of {', '.join(LOSSES)}")
         if self.temperature <= 0:
-            raise UserError(f"temperature={self.temperature} is not accepted; use a number > 0")
+            raise ValueError(f"temperature={self.temperature} is not accepted; use a number > 0")
         if not 0.0 <= self.beta <= 1.0:
-            raise UserError(f"beta={self.beta} is not accepted; use a number in [0, 1]")
+            raise ValueError(f"beta={self.beta} is not accepted; use a number in [0, 1]")
         if self.topk < 1 or self.chunk < 1 or self.vocab < 1:
-            raise UserError("topk, chunk and vocab must be integers >= 1")
+            raise ValueError("topk, chunk and vocab must be integers >= 1")
 
 
 def _kl_and_grad(logp_s_CV: Tensor, logp_t_CV: Tensor, temperature: float):

@@ -35,7 +35,8 @@ from esr_lab.records import (
     write_json,
     write_table,
 )
-from esr_lab.train import TrainConfig, Trainer
+from esr_lab.train import Trainer
+from esr_lab.train_config import TrainConfig
 
 
 def checkpoint_dir(run_dir: RunDir, step: int) -> Path:

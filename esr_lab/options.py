@@ -20,6 +20,7 @@ from esr_lab.config import ModelPair, default_max_new_tokens, pair_and_sampling
 from esr_lab.errors import UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION
 from esr_lab.records import Paths
+from esr_lab.train_config import TrainConfig
 
 
 def opt(help_text: str, **kwargs) -> typer.models.OptionInfo:
@@ -272,8 +273,6 @@ class TrainOptions:
 
     def config(self, given: "Given", **extra):
         """A TrainConfig: command line, then preset, then recipe, then dataclass defaults."""
-        from esr_lab.train import TrainConfig
-
         own = {f.name: getattr(self, f.name) for f in fields(self)}
         own.pop("preset"), own.pop("recipe")
         flat = {**given.models.values(), **given.sampling.values(), **own, **extra}
@@ -283,9 +282,7 @@ class TrainOptions:
 
 
 def default_train_config():
-    """A TrainConfig at its defaults (imported here so that declaring a config is light)."""
-    from esr_lab.train import TrainConfig
-
+    """A TrainConfig at its defaults, for an experiment's config field."""
     return TrainConfig()
 
 

@@ -13,20 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from esr_lab.errors import UserError
-
-SELECTORS = (
-    "first_n",
-    "all",
-    "top_rkl",
-    "top_fkl",
-    "top_student_entropy",
-    "top_teacher_entropy",
-    "rkl_x_hs",
-    "ht_x_hs",
-    "rkl_x_ht_x_hs",
-    "random",
-)
+from esr_lab.choices import SELECTORS, check_count
 
 # Score of each top-k selector = product of these statistics (names of select_positions args).
 _SCORE_FACTORS = {
@@ -40,12 +27,6 @@ _SCORE_FACTORS = {
 }
 
 
-def _check_count(name: str, value: int) -> None:
-    """Budgets are counts of tokens: at least one, or the selection is silently empty."""
-    if value < 1:
-        raise UserError(f"{name}={value} is not accepted; use an integer >= 1")
-
-
 def first_n(response_mask_BT: Tensor, n: int) -> Tensor:
     """ESR: the first n response tokens of each row (all of them if the row is shorter).
 
@@ -54,7 +35,7 @@ def first_n(response_mask_BT: Tensor, n: int) -> Tensor:
     max_new_tokens = n would train on.
     """
     # Early Stopping Rollout, first-N positions: ESR paper (arXiv 2605.27028).
-    _check_count("n", n)
+    check_count("n", n)
     mask_BT = response_mask_BT.bool()
     return mask_BT & (mask_BT.long().cumsum(-1) <= n)
 
@@ -70,7 +51,7 @@ def top_k_by_score(score_BT: Tensor, response_mask_BT: Tensor, k: int) -> Tensor
     Ties go to the earlier position: a stable descending sort keeps index order among equals,
     so the result is deterministic across runs and devices.
     """
-    _check_count("k", k)
+    check_count("k", k)
     mask_BT = response_mask_BT.bool()
     masked_BT = torch.where(mask_BT, score_BT, torch.full_like(score_BT, float("-inf")))
     order_BT = masked_BT.sort(dim=-1, descending=True, stable=True).indices
@@ -119,7 +100,7 @@ def select_positions(
     (see `random_k`).
     """
     if name not in SELECTORS:
-        raise UserError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
+        raise ValueError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
     if name == "all":
         return all_positions(response_mask_BT)
     if name == "first_n":
@@ -144,32 +125,3 @@ def select_positions(
         raise ValueError(f"selector {name!r} needs {', '.join(missing)}")
     score_BT = torch.stack([stats[f] for f in _SCORE_FACTORS[name]]).prod(0)
     return top_k_by_score(score_BT, response_mask_BT, budget)
-
-
-PROGRESSIVE_SCHEDULES = ("linear", "step")
-
-
-def progressive_n(
-    step: int, total_steps: int, n_start: int, n_end: int, schedule: str = "linear"
-) -> int:
-    """N for this (1-based) training step under a progressive schedule from n_start to n_end.
-
-    "linear": N = round(n_start + (n_end - n_start) * (step - 1) / (total_steps - 1)), so the
-    first step trains on n_start tokens, the last on n_end, and any step past it on n_end.
-    The paper reports one "progressive" run without its schedule; linear is the simplest reading.
-    "step": N = step, clipped to [n_start, n_end]: the released code's schedule (N = the step
-    number, 1, 2, ..., 200) is "step" with (1, 200).
-    """
-    # Progressive ESR budget: ESR paper (arXiv 2605.27028) N sweep; "step" is its released code.
-    _check_count("total_steps", total_steps)
-    _check_count("n_start", n_start)
-    _check_count("n_end", n_end)
-    _check_count("step", step)
-    if schedule not in PROGRESSIVE_SCHEDULES:
-        raise UserError(
-            f"unknown progressive schedule '{schedule}'; use {', '.join(PROGRESSIVE_SCHEDULES)}"
-        )
-    if schedule == "step":
-        return min(max(step, min(n_start, n_end)), max(n_start, n_end))
-    fraction = min((step - 1) / max(total_steps - 1, 1), 1.0)
-    return round(n_start + (n_end - n_start) * fraction)

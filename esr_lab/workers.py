@@ -23,7 +23,7 @@ from esr_lab.records import Paths
 
 if TYPE_CHECKING:
     from esr_lab.loop import RunResult
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 
 def train_all(experiment: str, runs: Sequence[TrainConfig], paths: Paths) -> list[RunResult]:

@@ -8,7 +8,7 @@ import pytest
 from esr_lab.errors import UserError
 from esr_lab.experiments.ablate import DIFFERENCES, AblateConfig
 from esr_lab.recipes import settings
-from esr_lab.train import TrainConfig
+from esr_lab.train_config import TrainConfig
 from tests.helpers import MICRO, run_cli
 
 

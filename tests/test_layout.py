@@ -5,6 +5,8 @@ experiment contract, is how the CLI, `plot` and the option groups find them)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import esr_lab
@@ -48,3 +50,10 @@ def test_core_never_imports_an_experiment():
             if n.startswith("esr_lab.experiments") and not n.startswith(CONTRACT)
         }
         assert not found, f"{path.name} imports {sorted(found)}"
+
+
+def test_config_modules_import_no_torch():
+    """Settings are built and checked (options, `--help`) without loading the trainer."""
+    for module in ("esr_lab.train_config", "esr_lab.choices", "esr_lab.options"):
+        code = f"import sys, {module}; assert 'torch' not in sys.modules, sorted(sys.modules)"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)

@@ -8,7 +8,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from esr_lab.divergences import chunked_position_stats
-from esr_lab.errors import UserError
 from esr_lab.lean import (
     enable_gradient_checkpointing,
     fused_per_position_loss,
@@ -164,9 +163,9 @@ def test_fused_keeps_no_vocabulary_sized_tensor_for_the_backward(name):
 
 def test_fused_rejects_unknown_losses_and_bad_knobs():
     p = problem(torch.float32)
-    with pytest.raises(UserError, match="unknown"):
+    with pytest.raises(ValueError, match="unknown"):
         fused_loss("kl", p, 1.0, chunk=4)
-    with pytest.raises(UserError, match="beta"):
+    with pytest.raises(ValueError, match="beta"):
         fused_loss("jsd", p, 1.0, chunk=4, beta=1.5)
 
 

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from esr_lab import bfcl_paper, recipes, tasks, train
+from esr_lab import bfcl_paper, recipes, tasks
 from esr_lab.bfcl import CallProblem
 from esr_lab.errors import UserError
 from esr_lab.experiments import evaluation
@@ -15,6 +15,7 @@ from esr_lab.humaneval import build_program, cut_at_stop, grade_code, load_code_
 from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions
 from esr_lab.prompts import render_prompt
 from esr_lab.sandbox import Limits
+from esr_lab.train_config import TrainConfig
 from tests.test_bfcl import _first
 from tests.tiny_models import byte_level_tokenizer
 
@@ -152,14 +153,14 @@ def test_paper_code_training_evaluates_code_with_the_tasks_own_prompt(task):
     T=0.7; it now gets the task's paper prompt, greedy, 512 tokens, one sample (pass@1)."""
     student = "Qwen/Qwen2.5-Math-1.5B"
     values = recipes.recipe_values("paper-code", student)
-    cfg = train.TrainConfig.from_settings({**values, "student": student, "task": task})
+    cfg = TrainConfig.from_settings({**values, "student": student, "task": task})
     cfg = cfg.resolved()
     prompting = tasks.prompting(task, "paper")
     assert cfg.protocol == "paper" and cfg.eval_samples == 1
     assert cfg.eval_style.instruction == prompting.instruction
     assert cfg.eval_style.placement == prompting.placement
     assert (cfg.eval_sampling.temperature, cfg.eval_sampling.max_new_tokens) == (0.0, 512)
-    chat = train.TrainConfig.from_settings({"student": student, "task": task}).resolved()
+    chat = TrainConfig.from_settings({"student": student, "task": task}).resolved()
     assert chat.eval_style.instruction == tasks.get_task(task).instruction
     assert chat.eval_sampling.temperature == 0.7 and chat.eval_samples == 4
 

@@ -24,6 +24,7 @@ from esr_lab.prompts import (
 )
 from esr_lab.rollout import TransformersEngine
 from esr_lab.scoring import ScoringBatch
+from esr_lab.train_config import TrainConfig
 from tests.helpers import MICRO, run_cli
 from tests.test_train import BASE, assert_same_gradient, one_step, run_killed_and_resumed
 from tests.tiny_models import byte_level_tokenizer, save_pair
@@ -102,8 +103,8 @@ def test_an_explicit_option_wins_over_the_recipe_and_the_preset_over_the_recipe(
     assert recipes.settings({}, {"recipe": "paper-code"}, "x", recipe="esr-lab")["recipe"] == (
         "esr-lab"
     )
-    cfg = train.TrainConfig.from_settings(recipes.settings({}, {}, "toy-student"))
-    assert cfg == train.TrainConfig(sampling=Sampling(max_new_tokens=400), recipe="esr-lab")
+    cfg = TrainConfig.from_settings(recipes.settings({}, {}, "toy-student"))
+    assert cfg == TrainConfig(sampling=Sampling(max_new_tokens=400), recipe="esr-lab")
 
 
 def test_paper_code_prompts_and_budgets_apply_to_real_models_only():
@@ -113,7 +114,7 @@ def test_paper_code_prompts_and_budgets_apply_to_real_models_only():
     assert real["eval_max_new_tokens"] == 2048 and real["eval_top_p"] == 1.0
     toy_values = recipes.recipe_values("paper-code", "toy-student")
     assert "placement" not in toy_values and "max_new_tokens" not in toy_values
-    cfg = train.TrainConfig.from_settings({**real, "student": "Qwen/Qwen2.5-Math-1.5B"})
+    cfg = TrainConfig.from_settings({**real, "student": "Qwen/Qwen2.5-Math-1.5B"})
     assert cfg.eval_sampling.top_p == 1.0 and cfg.sampling.top_p == 0.95
     assert cfg.eval_sampling.max_new_tokens == 2048 and cfg.sampling.max_new_tokens == 3584
     assert cfg.eval_style.placement == "user-inline"

@@ -4,12 +4,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from esr_lab.errors import UserError
+from esr_lab.choices import progressive_n
 from esr_lab.selection import (
     SELECTORS,
     all_positions,
     first_n,
-    progressive_n,
     random_k,
     select_positions,
     top_k_by_score,
@@ -50,7 +49,7 @@ def test_first_n_long_enough_equals_all_positions() -> None:
 
 
 def test_first_n_rejects_zero() -> None:
-    with pytest.raises(UserError, match="n=0"):
+    with pytest.raises(ValueError, match="n=0"):
         first_n(RESPONSE_BT, 0)
 
 
@@ -155,7 +154,7 @@ def test_select_positions_dispatch() -> None:
 
 
 def test_select_positions_errors() -> None:
-    with pytest.raises(UserError, match="first_n"):
+    with pytest.raises(ValueError, match="first_n"):
         select_positions("top_kl", RESPONSE_BT, budget=2)
     with pytest.raises(ValueError, match="rkl_BT"):
         select_positions("top_rkl", RESPONSE_BT, budget=2)
@@ -165,7 +164,7 @@ def test_select_positions_errors() -> None:
         select_positions("first_n", RESPONSE_BT)
     with pytest.raises(ValueError, match="Generator"):
         select_positions("random", RESPONSE_BT, budget=2)
-    with pytest.raises(UserError, match="k=0"):
+    with pytest.raises(ValueError, match="k=0"):
         select_positions("top_rkl", RESPONSE_BT, budget=0, rkl_BT=torch.ones(4, 8))
 
 
@@ -189,9 +188,9 @@ def test_progressive_n_step_schedule_is_the_step_number() -> None:
         200,
     ]
     assert progressive_n(2, 200, 5, 200, "step") == 5
-    with pytest.raises(UserError, match="unknown progressive schedule 'cubic'"):
+    with pytest.raises(ValueError, match="unknown progressive schedule 'cubic'"):
         progressive_n(1, 10, 1, 5, "cubic")
-    with pytest.raises(UserError, match="n_start"):
+    with pytest.raises(ValueError, match="n_start"):
         progressive_n(0, 10, 0, 50)
-    with pytest.raises(UserError, match="step"):
+    with pytest.raises(ValueError, match="step"):
         progressive_n(-1, 10, 1, 50)

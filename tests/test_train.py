@@ -15,9 +15,10 @@ from esr_lab.divergences import reverse_kl
 from esr_lab.errors import UserError
 from esr_lab.models import load_tokenizer
 from esr_lab.scoring import build_batch, response_logits, shared_vocab_size
+from esr_lab.train_config import TrainConfig
 from tests.tiny_models import SPECIALS, byte_level_tokenizer
 
-BASE = train.TrainConfig(
+BASE = TrainConfig(
     pair=ModelPair("micro-student", "micro-teacher"),
     n=6,
     steps=4,
@@ -34,7 +35,7 @@ BASE = train.TrainConfig(
 )
 
 
-def one_step(cfg: train.TrainConfig) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+def one_step(cfg: TrainConfig) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """Metrics, trainable parameters after the update, and the gradient that made it."""
     trainer = train.setup(cfg.resolved())
     metrics = train.train_step(trainer, 1)
@@ -158,6 +159,10 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         ({"selector": "best"}, "unknown selector 'best'"),
         ({"selector": "top_rkl", "budget": 25}, "--budget 25 is larger than the rollout"),
         ({"steps": 0}, "--steps must be at least 1"),
+        ({"progressive": (0, 8)}, r"--progressive takes START,END >= 1, got \(0, 8\)"),
+        ({"loss_temperature": 0.0}, "--loss-temperature must be positive"),
+        ({"jsd_beta": 1.5}, r"--jsd-beta must be in \[0, 1\], got 1.5"),
+        ({"topk": 0}, "--topk must be at least 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(change, message):

@@ -43,7 +43,7 @@ from esr_lab.options import (
 from esr_lab.records import declare, write_table
 
 if TYPE_CHECKING:
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 # Each difference between the recipes, by the TrainConfig / Sampling fields that carry it; its
 # value is read from the paper-code config, so a preset or option that changes it is honoured.

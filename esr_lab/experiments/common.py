@@ -32,7 +32,7 @@ from esr_lab.intervals import t_interval
 from esr_lab.records import Paths, RunDir, declare, open_run, write_table
 
 if TYPE_CHECKING:
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 SEED_METRICS = ("best_avg_at_k", "final_avg_at_k")
 SCHEMAS = declare(

@@ -45,7 +45,7 @@ from esr_lab.options import (
 from esr_lab.records import declare, open_run, write_table
 
 if TYPE_CHECKING:
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 STEP_PHASES = (*PHASES, "total")
 SCHEMAS = declare(

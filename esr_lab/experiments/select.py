@@ -42,7 +42,7 @@ from esr_lab.records import declare, write_table
 from esr_lab.seeding import row_seed
 
 if TYPE_CHECKING:
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 BASELINES = (
     "top_rkl",

@@ -38,7 +38,7 @@ from esr_lab.options import (
 )
 
 if TYPE_CHECKING:
-    from esr_lab.train import TrainConfig
+    from esr_lab.train_config import TrainConfig
 
 PAPER_NS = (5, 10, 20, 50, 100, 150, 200)
 
