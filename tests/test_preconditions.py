@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from esr_lab.toy.preconditions import after_turn_text, late_signal
+from esr_lab.preconditions import after_turn_text, late_signal
 
 
 def _write(folder, name, frame):

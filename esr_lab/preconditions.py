@@ -14,7 +14,7 @@ design. Three things the paper's setting has and a world may lack, each measured
 (c) `past_window_share`: the share of the student's response tokens past the ESR window (from
     the same `positions` run), i.e. how much of a rollout only full OPD trains on.
 
-`python -m esr_lab.toy.preconditions WORLD` measures (a), reads (b) and (c) from
+`python -m esr_lab.preconditions WORLD` measures (a), reads (b) and (c) from
 results/WORLD/, prints them and writes them into the world's facts.json as
 `collapse_preconditions`. Nothing here changes a world; it only describes it.
 """
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
     if not facts_path.is_file():
         raise SystemExit(f"no shipped world {world!r}; use toy or capable")
     record = measure(world, Path("results") / world)
-    record["measured_by"] = f"python -m esr_lab.toy.preconditions {world}"
+    record["measured_by"] = f"python -m esr_lab.preconditions {world}"
     facts = json.loads(facts_path.read_text())
     facts["collapse_preconditions"] = record
     facts_path.write_text(json.dumps(facts, indent=2) + "\n")
