@@ -66,19 +66,16 @@ def sample_answers(
 def _generate_with_bar(engine, prompts, seeds, sampling: Sampling):
     """engine.generate in the engine's own batches (all at once if it has none), with a bar."""
     from esr_lab.console import progress_bar
-    from esr_lab.rollout import Rollouts
+    from esr_lab.rollout import in_batches
 
     size = getattr(engine, "batch_size", None) or len(prompts)
-    out = Rollouts([], [], [], [])
     with progress_bar() as bar:
         task = bar.add_task("sampling", total=len(prompts))
-        for start in range(0, len(prompts), size):
-            part = engine.generate(
-                prompts[start : start + size], seeds[start : start + size], sampling
-            )
-            out.extend(part)
+
+        def advance(part) -> None:
             bar.advance(task, len(part))
-    return out
+
+        return in_batches(engine.generate, prompts, seeds, sampling, size, advance)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

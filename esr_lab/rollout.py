@@ -16,7 +16,7 @@ on any device and in any batch.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -60,6 +60,25 @@ class RolloutEngine(Protocol):
 
     def sync(self, model, version: object) -> None:
         """Sample from `model`'s weights as of `version` from now on."""
+
+
+def in_batches(
+    generate: Callable[[Sequence[Sequence[int]], Sequence[int], Sampling], Rollouts],
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    sampling: Sampling,
+    size: int,
+    after_batch: Callable[[Rollouts], None] | None = None,
+) -> Rollouts:
+    """`generate` over `size` rows at a time, the parts joined in order; `after_batch` sees each
+    part (a progress bar). Every row has its own seed, so the rows do not depend on `size`."""
+    out = Rollouts([], [], [], [])
+    for start in range(0, len(prompts), size):
+        part = generate(prompts[start : start + size], seeds[start : start + size], sampling)
+        out.extend(part)
+        if after_batch is not None:
+            after_batch(part)
+    return out
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,15 +217,7 @@ class TransformersEngine:
     def generate(
         self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
     ) -> Rollouts:
-        out = Rollouts([], [], [], [])
-        for start in range(0, len(prompts), self.batch_size):
-            part = self._generate_batch(
-                prompts[start : start + self.batch_size],
-                seeds[start : start + self.batch_size],
-                sampling,
-            )
-            out.extend(part)
-        return out
+        return in_batches(self._generate_batch, prompts, seeds, sampling, self.batch_size)
 
     @torch.inference_mode()
     def _generate_batch(
