@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from esr_lab import arithmetic
 from esr_lab.errors import UserError
 from esr_lab.grading import extract_boxed
 from esr_lab.toy import TOY_WORLDS
@@ -386,6 +387,15 @@ def _problems(
         yield Problem(id=str(i if pid is None else pid), problem=str(problem), answer=answer or "")
 
 
+def _arithmetic(split: str) -> list[Problem]:
+    """The real-CPU world's generated arithmetic problems (esr_lab/arithmetic.py)."""
+    try:
+        rows = arithmetic.rows(split)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return [Problem(id=r["id"], problem=r["problem"], answer=r["answer"]) for r in rows]
+
+
 def _toy(world: str, split: str | None, limit: int | None) -> list[Problem]:
     """The toy world's own problems; imported lazily so data.py never needs torch."""
     from esr_lab.toy import toy_problems
@@ -414,7 +424,8 @@ def load_problems(
     answer_column: str | None = None,
     require_answer: bool = True,
 ) -> list[Problem]:
-    """Problems from an alias (DATASETS, "toy", "micro"), a local file/folder or a hub id.
+    """Problems from an alias (DATASETS, "toy", "micro", "arithmetic"), a local file/folder or a
+    hub id.
 
     Columns: explicit arguments win, then the alias spec, then auto-detection (problem:
     problem/question/prompt; answer: answer/expected_answer/final_answer, else the last
@@ -424,9 +435,11 @@ def load_problems(
     """
     if limit is not None and limit < 1:
         raise UserError(f"limit={limit} is not valid; use a positive number of problems or none")
-    world, _, world_split = name.partition(":")  # "capable:val": a toy world's named split
+    world, _, world_split = name.partition(":")  # "capable:val": a generated set's named split
     if world in TOY_WORLDS:
         problems = _take(_toy(world, world_split or split, limit), limit)
+    elif world == "arithmetic":
+        problems = _take(_arithmetic(world_split or split or "test"), limit)
     else:
         spec = DATASETS.get(name)
         rows = _load_rows(name, spec, split)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -233,3 +236,59 @@ def test_figures_draw_the_seed_spread(tmp_path):
     )
     plot_ablate(evals, [tmp_path / "ablate.png"])
     assert all((tmp_path / f).is_file() for f in ("sweep_n.png", "select.png", "ablate.png"))
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["terminal-ctrl-c", "parent-only"])
+def test_ctrl_c_with_jobs_stops_every_worker_and_the_rerun_resumes(tmp_path, group):
+    """Ctrl-C in a terminal reaches the whole foreground group (parent and workers); `kill -INT`
+    reaches the parent alone. Either way: exit 130 with the resume line, no worker left alive,
+    and the printed command finishes every run with each step trained once."""
+    results = tmp_path / "results"
+    argv = [*SWEEP[:-4], "--ns", "2", "--no-progressive", "--steps", "8", "--eval-every", "4"]
+    argv += ["--jobs", "2", "--results-dir", str(results)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="400")
+    command = [sys.executable, "-m", "esr_lab", *argv]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not list(results.glob("runs/*/checkpoints/step-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("esr-lab: stopped by Ctrl-C (SIGINT) in run "), line
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid):  # the workers were in the parent's session and group
+        assert time.monotonic() < deadline, "a worker outlived the command"
+        time.sleep(0.2)
+
+    resume = shlex.split(line.split("resume with: ", 1)[1])
+    assert resume[0] == "esr-lab"
+    finished = subprocess.run(
+        [sys.executable, "-m", "esr_lab", *resume[1:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    runs = sorted(r for r in (results / "runs").iterdir() if r.is_dir())  # not the lock files
+    assert [r.name.split("-")[0] for r in runs] == ["esr", "full"]
+    for run in runs:
+        steps = pd.read_parquet(run / "steps.parquet")
+        assert list(steps.step) == list(range(1, 9)), run.name  # none lost, none repeated
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
