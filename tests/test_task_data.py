@@ -79,3 +79,26 @@ def test_rows_with_and_without_answers_for_training(tmp_path):
     path.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": null}\n')
     assert [p.answer for p in load_problems(str(path))] == ["2"]
     assert [p.answer for p in load_problems(str(path), require_answer=False)] == ["2", ""]
+
+
+def test_arithmetic_splits_are_disjoint_and_every_answer_is_right():
+    from esr_lab import arithmetic
+    from esr_lab.data import load_problems
+
+    test, train = load_problems("arithmetic"), load_problems("arithmetic:train")
+    assert (len(test), len(train)) == (100, 266)  # 144 plus + 78 minus (a >= b) + 144 times
+    assert not {p.id for p in test} & {p.id for p in train}
+    assert load_problems("arithmetic:test", limit=3) == test[:3]
+    for p in test + train:
+        a, word, b = p.id.split("-")
+        assert p.problem == f"What is {a} {word} {b}?"
+        expected = {"plus": int(a) + int(b), "minus": int(a) - int(b), "times": int(a) * int(b)}
+        assert p.answer == str(expected[word]) and int(p.answer) >= 0
+    assert arithmetic.rows("test")[0]["id"] == test[0].id  # the fixed shuffle, not a run's seed
+
+
+def test_arithmetic_names_its_splits_on_a_bad_one():
+    from esr_lab.data import load_problems
+
+    with pytest.raises(UserError, match="arithmetic has splits train, test; got 'val'"):
+        load_problems("arithmetic:val")

@@ -111,7 +111,7 @@ class DecayConfig:
 @dataclass
 class Options:
     dataset: Annotated[
-        str | None, opt("math500, aime24, amc23, gsm8k, toy, a hub id or a file.")
+        str | None, opt("math500, aime24, amc23, gsm8k, arithmetic, toy, a hub id or a file.")
     ] = None
     limit: Annotated[int | None, opt("Use the first N problems.", min=1)] = None
     samples: Annotated[int, opt("Student samples per problem (avg@k).")] = 4
