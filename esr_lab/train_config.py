@@ -120,10 +120,11 @@ class TrainConfig:
 
     @property
     def label(self) -> str:
-        """A short name for tables: esr-100, full, progressive-5-200, top_rkl-100, and what the
-        run adds to the positions' loss: esr-100+iw_opd, full+eopd."""
+        """A short name for tables: esr-100, full, progressive-5-200, top_rkl-100, and the
+        position-selective method the run trains with: esr-100+iw_opd, full+eopd."""
         added = "+iw_opd" if self.position_weights == "iw_opd" else ""
         added += "+eopd" if self.eopd_coef > 0 else ""
+        added += "+power_opd" if self.loss == "power_token" else ""
         return self._positions_label + added
 
     @property

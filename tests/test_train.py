@@ -185,7 +185,7 @@ def test_a_run_records_the_knobs_of_its_methods_only():
     every = replace(BASE, selector="tip", budget=4, loss="power_token", **METHODS["iw_opd"])
     saved = train.config_dict(replace(every, eopd_coef=1.0).resolved())
     assert knobs <= set(saved) and saved["iw_gamma"] == 0.5 and saved["tip_power"] == 1.0
-    assert saved["label"] == "tip-4+iw_opd+eopd"
+    assert saved["label"] == "tip-4+iw_opd+eopd+power_opd"
 
 
 def run_killed_and_resumed(cfg, tmp_path, monkeypatch):
