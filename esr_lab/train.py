@@ -138,8 +138,9 @@ def vocabularies(student_tokenizer, teacher_tokenizer, cfg: TrainConfig):
         return shared_vocab_size(student_tokenizer, teacher_tokenizer), None
     if cfg.loss == "power_token" or position_terms.active(cfg):
         raise UserError(
-            "--loss power_token, --position-weights and --eopd-coef read one vocabulary's "
-            "sampled tokens; these models have different tokenizers"
+            "--loss power_token and --position-weights read the sampled tokens' log-probs, and "
+            "--eopd-coef the teacher's entropy over its whole vocabulary: one vocabulary's; "
+            "these models have different tokenizers"
         )
     if cfg.cross_clamp and cfg.loss != "reverse_kl":
         raise UserError(

@@ -53,6 +53,9 @@ def test_token_budget_gives_every_method_at_most_n_positions():
     # TIP draws N of a full rollout; full OPD is the unmatched reference on the full budget
     assert (variants["tip"].selector, variants["tip"].budget) == ("tip", 8)
     assert variants["tip"].rollout_tokens(1) == variants["full"].rollout_tokens(1) == 40
+    # ESR and full OPD are the very configs sweep-n and select train: their runs are shared
+    assert variants["esr"] == replace(BASE, selector="first_n", n=8)
+    assert variants["full"] == replace(BASE, selector="all", n=None)
 
 
 def test_time_budget_keeps_each_form_at_its_horizon_and_the_evaluation_as_it_was():

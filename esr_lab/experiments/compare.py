@@ -109,10 +109,15 @@ FIGURE = Figure("compare.png", ("methods.parquet",), plot_compare)
 
 
 def with_horizon(base: TrainConfig, horizon: int) -> TrainConfig:
-    """`base` rolling out at most `horizon` tokens, evaluated with the budget it had before."""
+    """`base` rolling out at most `horizon` tokens, evaluated with the budget it had before.
+    At the full budget it is `base` itself, so that its runs are the ones other experiments
+    train from the same settings (content-addressed: trained once, reused)."""
+    base = replace(base, progressive=None)
+    if horizon == base.sampling.max_new_tokens:
+        return base
     budget = base.eval_max_new_tokens or base.sampling.max_new_tokens
     sampling = replace(base.sampling, max_new_tokens=horizon)
-    return replace(base, sampling=sampling, eval_max_new_tokens=budget, progressive=None)
+    return replace(base, sampling=sampling, eval_max_new_tokens=budget)
 
 
 @dataclass(frozen=True)
