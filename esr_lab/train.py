@@ -136,11 +136,11 @@ def vocabularies(student_tokenizer, teacher_tokenizer, cfg: TrainConfig):
         if cfg.loss == "uld":
             raise UserError("--loss uld is for pairs with different tokenizers; these share one")
         return shared_vocab_size(student_tokenizer, teacher_tokenizer), None
-    if cfg.loss == "power_token" or position_terms.active(cfg):
+    if position_terms.active(cfg):
         raise UserError(
-            "--loss power_token and --position-weights read the sampled tokens' log-probs, and "
-            "--eopd-coef the teacher's entropy over its whole vocabulary: one vocabulary's; "
-            "these models have different tokenizers"
+            "--position-weights reads the sampled tokens' log-probs and --eopd-coef the "
+            "teacher's entropy over its whole vocabulary, of one vocabulary; these models have "
+            "different tokenizers"
         )
     if cfg.cross_clamp and cfg.loss != "reverse_kl":
         raise UserError(
@@ -580,7 +580,7 @@ def pair_loss(trainer: Trainer, s_out, t_out, t_batch, tokens_BT, loss=None) -> 
     return crosstok.cross_position_loss(
         loss, s_out, t_out, t_batch, trainer.cross_vocab, tokens_BT,
         temperature=cfg.loss_temperature, beta=cfg.jsd_beta, topk=cfg.topk,
-        clamp=cross_clamped(trainer),
+        clamp=cross_clamped(trainer), power_alpha=cfg.power_alpha,
     )  # fmt: skip
 
 
