@@ -236,8 +236,9 @@ def plot_compare(methods: pd.DataFrame, paths: list[Path], benchmark: str = "avg
     """Best accuracy against training compute (seconds of training steps), one point per
     method, budget and seed: colour per method (ESR green), marker per budget, hollow for the
     unmatched reference (full OPD under the token budget)."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    others = iter(plt.get_cmap("tab10").colors)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    tab10 = plt.get_cmap("tab10").colors
+    others = iter(c for i, c in enumerate(tab10) if i != 2)  # tab10's green would pass for ESR
     colors = {m: ESR_COLOR if m == "esr" else next(others) for m in methods.method.unique()}
     for (method, budget), part in methods.groupby(["method", "budget"], sort=False):
         matched = bool(part.matched.all())
@@ -257,7 +258,7 @@ def plot_compare(methods: pd.DataFrame, paths: list[Path], benchmark: str = "avg
         "training compute (seconds of training steps, log)",
         f"best {benchmark} (%)",
     )
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _save(fig, paths)
 
