@@ -7,7 +7,10 @@ caller's bug: the values a user gives are checked, naming their option, in
 `TrainConfig.resolved`.
 """
 
-LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token", "topk_support")
+LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token", "topk_support", "power_token")
+# Losses read from the sampled tokens' log-probs alone: policy gradients, taken on-policy at
+# the sampling temperature (train_config checks it).
+SAMPLED_LOSSES = ("sampled_token", "power_token")
 CROSS_LOSSES = (*LOSSES, "uld")  # "uld": pairs with different tokenizers only (crosstok)
 REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean")
 SELECTORS = (
@@ -21,7 +24,12 @@ SELECTORS = (
     "ht_x_hs",
     "rkl_x_ht_x_hs",
     "random",
+    "tip",
 )
+# Selectors that draw positions at random, each row from its own seeded generator.
+SEEDED_SELECTORS = ("random", "tip")
+# Per-position loss weights: none, or IW-OPD's (position_terms.py).
+POSITION_WEIGHTS = ("uniform", "iw_opd")
 PROGRESSIVE_SCHEDULES = ("linear", "step")
 
 # Share of the smaller vocabulary whose strings the other vocabulary must also hold. Below half,

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from esr_lab import scoring
-from esr_lab.choices import CROSS_LOSSES, MIN_OVERLAP
+from esr_lab.choices import CROSS_LOSSES, MIN_OVERLAP, SAMPLED_LOSSES
 from esr_lab.data import Problem
 from esr_lab.divergences import (
     chunked_position_stats,
@@ -303,6 +303,7 @@ def cross_position_loss(
     beta: float = 0.5,
     topk: int = 32,
     clamp: bool = False,
+    power_alpha: float = 5.0,
 ) -> Tensor:
     """Per-position loss [B, T] between the student and its aligned teacher distribution.
 
@@ -311,9 +312,10 @@ def cross_position_loss(
 
     "uld" compares the full distributions; every name of `choices.LOSSES` is taken over
     the shared strings, reverse KL through the memory-lean chunked path ("uld" is not chunked:
-    it sorts float32 probabilities of every position at once). "sampled_token" needs
-    `student_tokens_BT` (the student's response ids). Unaligned positions hold finite values
-    without meaning: the caller masks them with `cross.aligned_BT`.
+    it sorts float32 probabilities of every position at once). The SAMPLED_LOSSES
+    ("sampled_token", "power_token") need `student_tokens_BT` (the student's response ids).
+    Unaligned positions hold finite values without meaning: the caller masks them with
+    `cross.aligned_BT`.
     """
     if name not in CROSS_LOSSES:
         raise ValueError(f"loss {name!r} is unknown; choose one of {', '.join(CROSS_LOSSES)}")
@@ -328,17 +330,18 @@ def cross_position_loss(
     if name == "reverse_kl":
         return chunked_reverse_kl(student_BTS, teacher_BTS, temperature=temperature)
     logp = {}
-    if name == "sampled_token":
+    if name in SAMPLED_LOSSES:
         if student_tokens_BT is None:
-            raise ValueError("loss 'sampled_token' needs student_tokens_BT")
+            raise ValueError(f"loss {name!r} needs student_tokens_BT")
         index_BT = vocab.shared_index(student_tokens_BT.to(student_BTS.device)).clamp(min=0)
         logp = {
             "student_logp_BT": token_logprobs(student_BTS, index_BT),
             "teacher_logp_BT": token_logprobs(teacher_BTS, index_BT),
         }
     return per_position_loss(
-        name, student_BTS, teacher_BTS, temperature=temperature, beta=beta, topk=topk, **logp
-    )
+        name, student_BTS, teacher_BTS, temperature=temperature, beta=beta, topk=topk,
+        power_alpha=power_alpha, **logp,
+    )  # fmt: skip
 
 
 def clamped_reverse_kl(student_BTS: Tensor, teacher_BTS: Tensor, temperature: float = 1.0):

@@ -6,8 +6,9 @@ that `gradcheck` can verify the gradients), because bf16 log-softmax over 150k i
 small differences the KL is made of. Logits must be finite.
 
 The ESR paper (arXiv 2605.27028) trains on the full-vocabulary reverse KL per position; the
-sampled-token and top-K support estimators are the options of arXiv 2603.25562, and the JSD
-family follows TRL's GKDTrainer so that results can be compared with it.
+sampled-token and top-K support estimators are the options of arXiv 2603.25562, the JSD
+family follows TRL's GKDTrainer so that results can be compared with it, and the bounded
+sampled-token cost is PowerOPD's (arXiv 2606.17199).
 
 Real vocabularies (151,936 ids) times 1,024+ positions do not fit as float32 log-probs, so the
 `chunked_*` functions walk over blocks of positions and keep one block alive at a time.
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.choices import LOSSES, REDUCTIONS
+from esr_lab.choices import LOSSES, REDUCTIONS, SAMPLED_LOSSES
 
 
 def _log_probs(logits: Tensor, temperature: float) -> Tensor:
@@ -111,6 +112,32 @@ def sampled_token_pg_loss(student_logp_BT: Tensor, teacher_logp_BT: Tensor) -> T
     return advantage_BT * student_logp_BT
 
 
+def power_token_cost(student_logp_BT: Tensor, teacher_logp_BT: Tensor, alpha: float) -> Tensor:
+    """pi_s(y_t)^alpha - pi_t(y_t)^alpha: PowerOPD's bounded per-token cost, in [-1, 1].
+
+    The negative of PowerOPD's reward r = p_T(y)^alpha - p_S(y)^alpha, with the sign of
+    `sampled_token_advantage` (positive: the student over-weights its token). It is bounded by
+    construction where the log-ratio is not, and has the log-ratio's sign.
+    """
+    # PowerOPD (arXiv 2606.17199), the bounded reward; EIT-NLP/PowerOPD opd_dynamics/trainer.py.
+    if alpha <= 0:
+        raise ValueError(f"alpha={alpha} is not accepted; use a number > 0")
+    return (alpha * student_logp_BT).exp() - (alpha * teacher_logp_BT).exp()
+
+
+def power_token_pg_loss(
+    student_logp_BT: Tensor, teacher_logp_BT: Tensor, alpha: float = 5.0
+) -> Tensor:
+    """Per-position surrogate cost.detach() * log pi_s(y_t) with PowerOPD's bounded cost.
+
+    `sampled_token_pg_loss` with the cost `power_token_cost` in place of the log-ratio: the
+    released code's loss -(reward * log p_S(y)), reward detached.
+    """
+    # PowerOPD (arXiv 2606.17199): loss = -(r.detach() * log p_S(o_t)), r = p_T^a - p_S^a.
+    cost_BT = power_token_cost(student_logp_BT, teacher_logp_BT, alpha).detach()
+    return cost_BT * student_logp_BT
+
+
 def topk_support_kl(
     student_logits: Tensor, teacher_logits: Tensor, k: int = 32, temperature: float = 1.0
 ) -> Tensor:
@@ -159,17 +186,20 @@ def per_position_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     topk: int = 32,
+    power_alpha: float = 5.0,
 ) -> Tensor:
     """Per-position loss [B, T] by name; one of LOSSES.
 
-    "sampled_token" reads only the log-probs of the sampled tokens (the logits may be None);
-    every other loss reads only the logits.
+    The SAMPLED_LOSSES ("sampled_token", "power_token") read only the log-probs of the sampled
+    tokens (the logits may be None); every other loss reads only the logits.
     """
     if name not in LOSSES:
         raise ValueError(f"loss {name!r} is unknown; choose one of {', '.join(LOSSES)}")
-    if name == "sampled_token":
+    if name in SAMPLED_LOSSES:
         if student_logp_BT is None or teacher_logp_BT is None:
-            raise ValueError("loss 'sampled_token' needs student_logp_BT and teacher_logp_BT")
+            raise ValueError(f"loss {name!r} needs student_logp_BT and teacher_logp_BT")
+        if name == "power_token":
+            return power_token_pg_loss(student_logp_BT, teacher_logp_BT, power_alpha)
         return sampled_token_pg_loss(student_logp_BT, teacher_logp_BT)
     if student_logits_BTV is None or teacher_logits_BTV is None:
         raise ValueError(f"loss {name!r} needs student and teacher logits")

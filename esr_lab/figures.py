@@ -229,6 +229,40 @@ def plot_ablate(evals: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
+BUDGET_MARKERS = {"tokens": "o", "time": "s"}
+
+
+def plot_compare(methods: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
+    """Best accuracy against training compute (seconds of training steps), one point per
+    method, budget and seed: colour per method (ESR green), marker per budget, hollow for the
+    unmatched reference (full OPD under the token budget)."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    tab10 = plt.get_cmap("tab10").colors
+    others = iter(c for i, c in enumerate(tab10) if i != 2)  # tab10's green would pass for ESR
+    colors = {m: ESR_COLOR if m == "esr" else next(others) for m in methods.method.unique()}
+    for (method, budget), part in methods.groupby(["method", "budget"], sort=False):
+        matched = bool(part.matched.all())
+        ax.scatter(
+            part.train_seconds,
+            part.best_avg_at_k * 100,
+            marker=BUDGET_MARKERS[budget],
+            s=45,
+            facecolors=colors[method] if matched else "none",
+            edgecolors=colors[method],
+            label=f"{method}, same {budget}" + ("" if matched else " (reference)"),
+        )
+    ax.set_xscale("log")
+    _style(
+        ax,
+        "Methods side by side: accuracy against training compute",
+        "training compute (seconds of training steps, log)",
+        f"best {benchmark} (%)",
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    _save(fig, paths)
+
+
 PHASE_COLORS = {"generation": CURVE_COLOR, "teacher": TEACHER_COLOR, "training": ESR_COLOR}
 
 

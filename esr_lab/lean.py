@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esr_lab.choices import LOSSES
-from esr_lab.divergences import chunked_position_stats, per_position_loss
+from esr_lab.choices import LOSSES, SAMPLED_LOSSES
+from esr_lab.divergences import chunked_position_stats, per_position_loss, power_token_cost
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class LossSpec:
     beta: float = 0.5
     topk: int = 32
     chunk: int = 32
+    power_alpha: float = 5.0
 
     def check(self) -> None:
         if self.name not in LOSSES:
@@ -45,6 +46,8 @@ class LossSpec:
             raise ValueError(f"beta={self.beta} is not accepted; use a number in [0, 1]")
         if self.topk < 1 or self.chunk < 1 or self.vocab < 1:
             raise ValueError("topk, chunk and vocab must be integers >= 1")
+        if self.power_alpha <= 0:
+            raise ValueError(f"power_alpha={self.power_alpha} is not accepted; use a number > 0")
 
 
 def _kl_and_grad(logp_s_CV: Tensor, logp_t_CV: Tensor, temperature: float):
@@ -87,11 +90,17 @@ def _topk_and_grad(z_s_CV: Tensor, z_t_CV: Tensor, spec: LossSpec):
     return kl_C, torch.zeros_like(z_s_CV).scatter_(-1, ids_CK, grad_CK)
 
 
-def _sampled_and_grad(logp_s_CV: Tensor, logp_t_CV: Tensor, tokens_C: Tensor, temperature):
-    """`sampled_token_pg_loss`: A.detach() * log pi_s(y), gradient A (onehot(y) - p_s) / T."""
+def _sampled_and_grad(logp_s_CV, logp_t_CV, tokens_C, temperature, power_alpha=None):
+    """`sampled_token_pg_loss` (power_alpha None) or `power_token_pg_loss`: the surrogate
+    A.detach() * log pi_s(y), gradient A (onehot(y) - p_s) / T, with A the log-ratio or
+    PowerOPD's bounded cost."""
     ids_C1 = tokens_C[:, None]
     logp_s_C = logp_s_CV.gather(-1, ids_C1)[:, 0]
-    advantage_C = logp_s_C - logp_t_CV.gather(-1, ids_C1)[:, 0]
+    logp_t_C = logp_t_CV.gather(-1, ids_C1)[:, 0]
+    if power_alpha is None:
+        advantage_C = logp_s_C - logp_t_C
+    else:
+        advantage_C = power_token_cost(logp_s_C, logp_t_C, power_alpha)
     scale_C1 = (advantage_C / temperature)[:, None]
     grad_CV = logp_s_CV.exp().mul_(-scale_C1).scatter_add_(-1, ids_C1, scale_C1)
     return advantage_C * logp_s_C, grad_CV
@@ -113,8 +122,9 @@ def block_loss_and_grad(spec: LossSpec, z_s_CV: Tensor, z_t_CV: Tensor, tokens_C
         return _topk_and_grad(z_s_CV, z_t_CV, spec)
     T = spec.temperature
     logp_s_CV, logp_t_CV = _log_softmax_(z_s_CV, T), _log_softmax_(z_t_CV, T)
-    if spec.name == "sampled_token":
-        return _sampled_and_grad(logp_s_CV, logp_t_CV, tokens_C, T)
+    if spec.name in SAMPLED_LOSSES:
+        alpha = spec.power_alpha if spec.name == "power_token" else None
+        return _sampled_and_grad(logp_s_CV, logp_t_CV, tokens_C, T, alpha)
     if spec.name == "forward_kl" or (spec.name == "jsd" and spec.beta == 0.0):
         return _forward_kl_and_grad(logp_s_CV, logp_t_CV, T)
     if spec.name == "reverse_kl" or spec.beta == 1.0:
@@ -203,21 +213,22 @@ def fused_per_position_loss(
     beta: float = 0.5,
     topk: int = 32,
     chunk: int = 32,
+    power_alpha: float = 5.0,
 ) -> Tensor:
     """`divergences.per_position_loss(name, ...)` [B, T] from final hidden states and heads.
 
     The heads are lm_head weights [V, H] (`model.get_output_embeddings().weight`); only their
     first `vocab` ids are compared, as the trainer slices logits[..., :vocab]. Gradient flows
     to the student's hidden states and, if it requires one, its head; never to the teacher.
-    "sampled_token" needs `tokens_BT` (the sampled ids, all < vocab) and uses log-probs at
+    The SAMPLED_LOSSES need `tokens_BT` (the sampled ids, all < vocab) and use log-probs at
     `temperature`. Memory scales with `chunk` positions x `vocab` ids per block; 32 keeps a
     block at 1/32 of a 1,024-position logits tensor (Liger picks blocks of this order too).
     """
     # Fused linear + loss, blockwise: Liger-Kernel's fused linear JSD; cut-cross-entropy.
-    spec = LossSpec(name, vocab, temperature, beta, topk, chunk)
+    spec = LossSpec(name, vocab, temperature, beta, topk, chunk, power_alpha)
     spec.check()
-    if name == "sampled_token" and tokens_BT is None:
-        raise ValueError("loss 'sampled_token' needs tokens_BT")
+    if name in SAMPLED_LOSSES and tokens_BT is None:
+        raise ValueError(f"loss {name!r} needs tokens_BT")
     B, T, _ = student_hidden_BTH.shape
     loss_N = _FusedLoss.apply(
         student_hidden_BTH.reshape(B * T, -1),
@@ -267,6 +278,7 @@ def unfused_per_position_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     topk: int = 32,
+    power_alpha: float = 5.0,
 ) -> Tensor:
     """The same loss through full [B, T, vocab] logits under plain autograd.
 
@@ -276,7 +288,7 @@ def unfused_per_position_loss(
     with torch.no_grad():
         t_BTV = (teacher_hidden_BTH @ teacher_head_VH.T)[..., :vocab]
     logp = {}
-    if name == "sampled_token":  # float64 stays float64 here, unlike scoring.token_logprobs
+    if name in SAMPLED_LOSSES:  # float64 stays float64 here, unlike scoring.token_logprobs
         logp = {
             f"{side}_logp_BT": F.log_softmax(z_BTV.to(_loss_dtype(z_BTV)) / temperature, -1)
             .gather(-1, tokens_BT[..., None])
@@ -284,8 +296,9 @@ def unfused_per_position_loss(
             for side, z_BTV in (("student", s_BTV), ("teacher", t_BTV))
         }
     return per_position_loss(
-        name, s_BTV, t_BTV, temperature=temperature, beta=beta, topk=topk, **logp
-    )
+        name, s_BTV, t_BTV, temperature=temperature, beta=beta, topk=topk,
+        power_alpha=power_alpha, **logp,
+    )  # fmt: skip
 
 
 def enable_gradient_checkpointing(model) -> None:

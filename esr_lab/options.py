@@ -149,9 +149,23 @@ class TrainOptions:
     loss: Annotated[
         str,
         opt(
-            "reverse_kl, forward_kl, jsd, sampled_token, topk_support; uld (different tokenizers)."
+            "reverse_kl, forward_kl, jsd, sampled_token, topk_support, power_token (PowerOPD); "
+            "uld (different tokenizers)."
         ),
     ] = "reverse_kl"
+    position_weights: Annotated[
+        str | None, opt("Per-position loss weights: uniform, or iw_opd (IW-OPD) [uniform].")
+    ] = None
+    iw_gamma: Annotated[float | None, opt("IW-OPD's amplification gamma [0.5].")] = None
+    eopd_coef: Annotated[
+        float | None,
+        opt("EOPD: add this x forward KL where the teacher's entropy is high [0: off; EOPD: 1]."),
+    ] = None
+    eopd_threshold: Annotated[
+        float | None, opt("EOPD's teacher-entropy threshold, nats [0.8].")
+    ] = None
+    power_alpha: Annotated[float | None, opt("--loss power_token: PowerOPD's alpha [5].")] = None
+    tip_power: Annotated[float | None, opt("--selector tip: draw odds H(student)^this [1].")] = None
     min_vocab_overlap: Annotated[
         float | None,
         opt("Pairs with different tokenizers: least share of token strings both hold [0.5]."),

@@ -4,8 +4,9 @@ Every selector returns a bool mask_BT that is a subset of `response_mask_BT` (Tr
 response tokens: not prompt, not padding, not after EOS). ESR (arXiv 2605.27028) is `first_n`:
 the first N response tokens; the paper's token-selection study (finding 6) compares it at the
 same budget with the top positions by reverse KL, by student/teacher entropy, by products of
-these, and at random. The scores are per-position statistics computed on full-length rollouts
-(see `divergences.chunked_position_stats`) and are expected to be finite.
+these, and at random. "tip" draws positions at random with probability growing with the
+student's entropy (TIP, arXiv 2604.14084). The scores are per-position statistics computed on
+full-length rollouts (see `divergences.chunked_position_stats`) and are expected to be finite.
 """
 
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from esr_lab.choices import SELECTORS, check_count
+from esr_lab.choices import SEEDED_SELECTORS, SELECTORS, check_count
 
 # Score of each top-k selector = product of these statistics (names of select_positions args).
 _SCORE_FACTORS = {
@@ -60,23 +61,76 @@ def top_k_by_score(score_BT: Tensor, response_mask_BT: Tensor, k: int) -> Tensor
     return chosen_BT & mask_BT
 
 
-def random_k(
-    response_mask_BT: Tensor, k: int, generators: Sequence[torch.Generator], width: int = 0
+def _row_noise(
+    response_mask_BT: Tensor, generators: Sequence[torch.Generator], width: int
 ) -> Tensor:
-    """k uniformly random response positions per row: the control for any scored selector.
-
-    Each row draws its noise from its own generator, `max(width, T)` values long, and keeps the
-    first T: a row's positions depend on its generator's seed only, not on which rows share its
-    micro-batch or how wide that micro-batch is padded (give the same `width`, e.g. the rollout
-    budget, everywhere).
-    """
+    """Uniform [0, 1) noise [B, T], each row from its own generator, `max(width, T)` values
+    long with the first T kept: a row's noise depends on its generator's seed only, not on which
+    rows share its micro-batch or how wide that micro-batch is padded (give the same `width`,
+    e.g. the rollout budget, everywhere)."""
     if len(generators) != response_mask_BT.shape[0]:
-        raise ValueError(f"random_k needs one generator per row, got {len(generators)}")
+        raise ValueError(f"random selection needs one generator per row, got {len(generators)}")
     T = response_mask_BT.shape[-1]
     noise_BT = torch.stack(
         [torch.rand(max(width, T), generator=g, device=g.device)[:T] for g in generators]
     )
-    return top_k_by_score(noise_BT.to(response_mask_BT.device), response_mask_BT, k)
+    return noise_BT.to(response_mask_BT.device)
+
+
+def random_k(
+    response_mask_BT: Tensor, k: int, generators: Sequence[torch.Generator], width: int = 0
+) -> Tensor:
+    """k uniformly random response positions per row: the control for any scored selector.
+    Each row draws from its own generator (`_row_noise`)."""
+    return top_k_by_score(_row_noise(response_mask_BT, generators, width), response_mask_BT, k)
+
+
+def weighted_sample_k(
+    weight_BT: Tensor,
+    response_mask_BT: Tensor,
+    k: int,
+    generators: Sequence[torch.Generator],
+    width: int = 0,
+) -> Tensor:
+    """k response positions per row drawn without replacement, each draw taking a position with
+    probability proportional to its weight among those left (torch.multinomial's law).
+
+    Drawn as the k largest keys log(u) / w with u uniform per position (Efraimidis and
+    Spirakis 2006, "Weighted random sampling with a reservoir": the k largest u^(1/w) are such a
+    sample), so a row's draw depends on its own generator only (`_row_noise`). Weights must be
+    >= 0; a zero weight is taken as 1e-30, so those positions come last but a row still gets
+    min(k, its length) positions. Keys in float64: log(u) / 1e-30 is finite there.
+    """
+    u_BT = _row_noise(response_mask_BT, generators, width).double()
+    tiny = torch.finfo(torch.float32).tiny  # u = 0 happens (1 in 2**24): log(0) would be -inf
+    keys_BT = u_BT.clamp(min=tiny).log() / weight_BT.double().clamp(min=1e-30)
+    return top_k_by_score(keys_BT, response_mask_BT, k)
+
+
+def tip_sample(
+    student_entropy_BT: Tensor,
+    response_mask_BT: Tensor,
+    k: int,
+    generators: Sequence[torch.Generator],
+    width: int = 0,
+    power: float = 1.0,
+) -> Tensor:
+    """TIP: k positions per row drawn without replacement with probability proportional to the
+    student's entropy to the power `power` (`weighted_sample_k`).
+
+    TIP's released code (HJSang/OPSD_OnPolicyDistillation, src/opd/losses.py,
+    `entropy_weighted_sample`) draws with torch.multinomial over weights (H_s / ln V)^alpha *
+    (JSD / ln 2)^gamma; the 1 / ln V factor does not change the draw, and esr-lab takes
+    gamma = 0, the entropy-only rule of TIP's abstract (half of the tokens, drawn by student
+    entropy, match training on all of them). The code draws over a micro-batch's tokens pooled;
+    esr-lab draws `k` per row, as every other selector does, so that a same-budget comparison
+    gives each rollout N.
+    """
+    # TIP: Token Importance in On-Policy Distillation, arXiv 2604.14084.
+    if power <= 0:
+        raise ValueError(f"power={power} is not accepted; use a number > 0")
+    weight_BT = student_entropy_BT.clamp(min=0.0) ** power
+    return weighted_sample_k(weight_BT, response_mask_BT, k, generators, width)
 
 
 def select_positions(
@@ -91,13 +145,14 @@ def select_positions(
     teacher_entropy_BT: Tensor | None = None,
     generators: Sequence[torch.Generator] | None = None,
     noise_width: int = 0,
+    tip_power: float = 1.0,
 ) -> Tensor:
     """Mask of loss-carrying positions by selector name; one of SELECTORS.
 
     "first_n" reads `n` (or `budget` when n is None, so a same-budget comparison can pass one
     number to every selector); top-k and random selectors read `budget`; products of
-    statistics multiply the named per-position tensors; "random" reads one generator per row
-    (see `random_k`).
+    statistics multiply the named per-position tensors; the SEEDED_SELECTORS ("random",
+    "tip") read one generator per row (see `random_k`, `tip_sample`).
     """
     if name not in SELECTORS:
         raise ValueError(f"selector {name!r} is unknown; choose one of {', '.join(SELECTORS)}")
@@ -110,10 +165,16 @@ def select_positions(
         return first_n(response_mask_BT, count)
     if budget is None:
         raise ValueError(f"selector {name!r} needs budget")
+    if name in SEEDED_SELECTORS and generators is None:
+        raise ValueError(f"selector {name!r} needs one torch.Generator per row")
     if name == "random":
-        if generators is None:
-            raise ValueError("selector 'random' needs one torch.Generator per row")
         return random_k(response_mask_BT, budget, generators, noise_width)
+    if name == "tip":
+        if student_entropy_BT is None:
+            raise ValueError("selector 'tip' needs student_entropy_BT")
+        return tip_sample(
+            student_entropy_BT, response_mask_BT, budget, generators, noise_width, tip_power
+        )
     stats = {
         "rkl_BT": rkl_BT,
         "fkl_BT": fkl_BT,

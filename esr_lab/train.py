@@ -32,8 +32,17 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from esr_lab import crosstok, distributed, divergences, lean, metrics, selection, tasks
-from esr_lab.choices import SELECTORS
+from esr_lab import (
+    crosstok,
+    distributed,
+    divergences,
+    lean,
+    metrics,
+    position_terms,
+    selection,
+    tasks,
+)
+from esr_lab.choices import SAMPLED_LOSSES, SEEDED_SELECTORS, SELECTORS
 from esr_lab.config import PHASES
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import TrainingDiverged, UserError
@@ -127,6 +136,12 @@ def vocabularies(student_tokenizer, teacher_tokenizer, cfg: TrainConfig):
         if cfg.loss == "uld":
             raise UserError("--loss uld is for pairs with different tokenizers; these share one")
         return shared_vocab_size(student_tokenizer, teacher_tokenizer), None
+    if position_terms.active(cfg):
+        raise UserError(
+            "--position-weights reads the sampled tokens' log-probs and --eopd-coef the "
+            "teacher's entropy over its whole vocabulary, of one vocabulary; these models have "
+            "different tokenizers"
+        )
     if cfg.cross_clamp and cfg.loss != "reverse_kl":
         raise UserError(
             f"--cross-clamp clamps the reverse KL of a pair with different tokenizers; "
@@ -193,7 +208,7 @@ def fusable(cfg: TrainConfig, student: Policy, teacher: Policy, cross_vocab) -> 
     """Whether the fused losses compute exactly this run's loss: one vocabulary, plain
     linear heads, and no top-p / top-k truncation to put into the sampled-token log-probs."""
     truncated = cfg.sampling.top_p < 1 or cfg.sampling.top_k > 0
-    if cross_vocab is not None or (cfg.loss == "sampled_token" and truncated):
+    if cross_vocab is not None or (cfg.loss in SAMPLED_LOSSES and truncated):
         return False
     return all(_plain_head(side.loaded) for side in (student, teacher))
 
@@ -343,7 +358,7 @@ def loss_positions(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.T
             torch.Generator().manual_seed(row_seed(cfg.seed, step, "select", first_row + i))
             for i in range(mask_BT.shape[0])
         ]
-        if cfg.selector == "random"
+        if cfg.selector in SEEDED_SELECTORS
         else None
     )
     chosen = selection.select_positions(
@@ -357,6 +372,7 @@ def loss_positions(trainer, step, mask_BT, stats, first_row: int = 0) -> torch.T
         teacher_entropy_BT=_cpu(stats, "teacher_entropy"),
         generators=generators,
         noise_width=cfg.sampling.max_new_tokens,
+        tip_power=cfg.tip_power,
     )
     return chosen.to(mask_BT.device) & mask_BT
 
@@ -366,7 +382,7 @@ def _cpu(stats: dict | None, key: str) -> torch.Tensor | None:
 
 
 def sampled_token_logps(trainer, s_logits, t_logits, tokens_BT) -> dict[str, torch.Tensor]:
-    """log-probs of the sampled tokens for the policy-gradient loss, on-policy: the student's
+    """log-probs of the sampled tokens for the policy-gradient losses, on-policy: the student's
     under the distribution it sampled from (temperature, then nucleus), the teacher's at the
     same temperature, so the estimate targets KL(student_T || teacher_T)."""
     sampling = trainer.cfg.sampling
@@ -377,21 +393,22 @@ def sampled_token_logps(trainer, s_logits, t_logits, tokens_BT) -> dict[str, tor
     }
 
 
-def per_position_loss(trainer, s_logits, t_logits, tokens_BT) -> torch.Tensor:
-    """The configured divergence per position; reverse KL through the memory-lean path."""
+def per_position_loss(trainer, s_logits, t_logits, tokens_BT, loss: str) -> torch.Tensor:
+    """The divergence `loss` per position; reverse KL through the memory-lean path."""
     cfg = trainer.cfg
-    if cfg.loss == "reverse_kl":
+    if loss == "reverse_kl":
         return divergences.chunked_reverse_kl(s_logits, t_logits, temperature=cfg.loss_temperature)
     logp = {}
-    if cfg.loss == "sampled_token":
+    if loss in SAMPLED_LOSSES:
         logp = sampled_token_logps(trainer, s_logits, t_logits, tokens_BT)
     return divergences.per_position_loss(
-        cfg.loss,
+        loss,
         s_logits,
         t_logits,
         temperature=cfg.loss_temperature,
         beta=cfg.jsd_beta,
         topk=cfg.topk,
+        power_alpha=cfg.power_alpha,
         **logp,
     )
 
@@ -465,10 +482,12 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_count, totals)
             s_out = student_outputs(trainer, s_batch)
         mask_BT = loss_mask(trainer, s_batch, t_batch)
         stats = None
-        if cfg.selector in STAT_SELECTORS or cfg.loss != "reverse_kl":
-            stats = pair_stats(trainer, s_out.detach(), t_out, t_batch)
+        if needs_stats(cfg):
+            stats = pair_stats(trainer, s_out.detach(), t_out, t_batch, tokens_BT)
         selected_BT = loss_positions(trainer, step, mask_BT, stats, first_row)
         per_pos_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT)
+        per_pos_BT = with_position_terms(trainer, per_pos_BT, s_out, t_out, t_batch, tokens_BT,
+                                         stats, mask_BT)  # fmt: skip
         cap = crosstok.ROW_LOSS_CAP if cross_clamped(trainer) else None
         loss = divergences.micro_batch_loss(
             per_pos_BT, selected_BT, cfg.reduction, batch_count, cap
@@ -480,6 +499,25 @@ def _micro_step(trainer, step, s_batch, t_batch, first_row, batch_count, totals)
     totals["kl_all"] += float(kl_BT[mask_BT].sum())
     totals["selected"] += int(selected_BT.sum())
     totals["tokens"] += int(mask_BT.sum())
+
+
+def needs_stats(cfg: TrainConfig) -> bool:
+    """Whether a micro-step computes per-position statistics: a selector ranks by them, a
+    position term reads them, or the loss is not the reverse KL the step reports."""
+    return cfg.selector in STAT_SELECTORS or cfg.loss != "reverse_kl" or position_terms.active(cfg)
+
+
+def with_position_terms(trainer, per_pos_BT, s_out, t_out, t_batch, tokens_BT, stats, mask_BT):
+    """The per-position loss with the run's extra terms added and its position weights applied
+    (position_terms.py); each extra term is its named loss computed as the main loss is."""
+    cfg = trainer.cfg
+    if not position_terms.active(cfg):
+        return per_pos_BT
+    for loss, coefficient_BT in position_terms.extra_terms(cfg, stats):
+        term_BT = pair_loss(trainer, s_out, t_out, t_batch, tokens_BT, loss)
+        per_pos_BT = per_pos_BT + coefficient_BT.to(term_BT) * term_BT
+    weights_BT = position_terms.position_weights(cfg, stats, mask_BT)
+    return per_pos_BT if weights_BT is None else per_pos_BT * weights_BT.to(per_pos_BT)
 
 
 def cross_clamped(trainer: Trainer) -> bool:
@@ -510,34 +548,39 @@ def _heads(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(m.get_output_embeddings().weight for m in (trainer.model, trainer.teacher_model))
 
 
-def pair_stats(trainer: Trainer, s_out, t_out, t_batch) -> dict[str, torch.Tensor]:
-    """Per-position statistics (reverse KL, entropies, ...) over the vocabulary both share."""
+def pair_stats(trainer: Trainer, s_out, t_out, t_batch, tokens_BT) -> dict[str, torch.Tensor]:
+    """Per-position statistics (reverse KL, entropies, ...) over the vocabulary both share;
+    with one vocabulary, also the sampled tokens' log-probs (`tokens_BT`)."""
     if trainer.fused:
         s_head, t_head = _heads(trainer)
-        return lean.hidden_position_stats(s_out, s_head, t_out, t_head, vocab=trainer.shared_vocab)
+        return lean.hidden_position_stats(
+            s_out, s_head, t_out, t_head, tokens_BT, vocab=trainer.shared_vocab
+        )
     if isinstance(t_batch, crosstok.CrossBatch):
         s_out, t_out = crosstok.shared_logits(s_out, t_out, t_batch, trainer.cross_vocab)
-    return divergences.chunked_position_stats(s_out, t_out)
+        return divergences.chunked_position_stats(s_out, t_out)
+    return divergences.chunked_position_stats(s_out, t_out, tokens_BT=tokens_BT)
 
 
-def pair_loss(trainer: Trainer, s_out, t_out, t_batch, tokens_BT) -> torch.Tensor:
-    """The configured loss per position: fused from hidden states, from logits of one
-    vocabulary, or through text for a pair with different tokenizers."""
+def pair_loss(trainer: Trainer, s_out, t_out, t_batch, tokens_BT, loss=None) -> torch.Tensor:
+    """The loss `loss` (default: the run's) per position: fused from hidden states, from logits
+    of one vocabulary, or through text for a pair with different tokenizers."""
     cfg = trainer.cfg
+    loss = loss or cfg.loss
     if trainer.fused:
         s_head, t_head = _heads(trainer)
-        sampled = cfg.loss == "sampled_token"  # on-policy: at the sampling temperature
+        sampled = loss in SAMPLED_LOSSES  # on-policy: at the sampling temperature
         return lean.fused_per_position_loss(
-            cfg.loss, s_out, s_head, t_out, t_head, tokens_BT, vocab=trainer.shared_vocab,
+            loss, s_out, s_head, t_out, t_head, tokens_BT, vocab=trainer.shared_vocab,
             temperature=cfg.sampling.temperature if sampled else cfg.loss_temperature,
-            beta=cfg.jsd_beta, topk=cfg.topk,
+            beta=cfg.jsd_beta, topk=cfg.topk, power_alpha=cfg.power_alpha,
         )  # fmt: skip
     if not isinstance(t_batch, crosstok.CrossBatch):
-        return per_position_loss(trainer, s_out, t_out, tokens_BT)
+        return per_position_loss(trainer, s_out, t_out, tokens_BT, loss)
     return crosstok.cross_position_loss(
-        cfg.loss, s_out, t_out, t_batch, trainer.cross_vocab, tokens_BT,
+        loss, s_out, t_out, t_batch, trainer.cross_vocab, tokens_BT,
         temperature=cfg.loss_temperature, beta=cfg.jsd_beta, topk=cfg.topk,
-        clamp=cross_clamped(trainer),
+        clamp=cross_clamped(trainer), power_alpha=cfg.power_alpha,
     )  # fmt: skip
 
 
@@ -581,8 +624,12 @@ def evaluate_student(trainer: Trainer, step: int) -> tuple[dict[str, float], pd.
 
 
 def config_dict(cfg: TrainConfig) -> dict:
-    """The run's config as saved; the models' fingerprints make a rebuilt model a new run."""
+    """The run's config as saved, without the knobs of methods it does not use
+    (TrainConfig.unused_method_knobs); the models' fingerprints make a rebuilt model a new
+    run."""
     config = asdict(cfg)
+    for unused in cfg.unused_method_knobs():
+        config.pop(unused)
     config["label"] = cfg.label
     config["fingerprints"] = {
         role: fingerprint(getattr(cfg.pair, role)) for role in ("student", "teacher")

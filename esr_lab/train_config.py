@@ -20,8 +20,10 @@ from esr_lab import tasks
 from esr_lab.choices import (
     CROSS_LOSSES,
     MIN_OVERLAP,
+    POSITION_WEIGHTS,
     PROGRESSIVE_SCHEDULES,
     REDUCTIONS,
+    SAMPLED_LOSSES,
     SELECTORS,
     progressive_n,
 )
@@ -51,6 +53,14 @@ class TrainConfig:
     jsd_beta: float = 0.5
     topk: int = 32
     reduction: str = "sequence_sum"  # REDUCTIONS
+    # Position-selective OPD methods beside ESR (position_terms.py, README "Methods side by
+    # side"); each knob counts only where its method is on (`unused_method_knobs`).
+    position_weights: str = "uniform"  # POSITION_WEIGHTS; "iw_opd": IW-OPD's weights
+    iw_gamma: float = 0.5  # IW-OPD's amplification gamma (TRL's iw_opd_gamma default)
+    eopd_coef: float = 0.0  # EOPD: forward KL x this where H(teacher) > eopd_threshold; 0: off
+    eopd_threshold: float = 0.8  # EOPD's teacher-entropy threshold tau, nats
+    power_alpha: float = 5.0  # --loss power_token: PowerOPD's exponent alpha
+    tip_power: float = 1.0  # --selector tip: positions drawn with odds H(student)^tip_power
     mask_special_tokens: bool = False
     fused_loss: bool = True  # losses from hidden states block by block (lean.py), where possible
     gradient_checkpointing: bool = False  # recompute the student's activations in the backward
@@ -110,7 +120,15 @@ class TrainConfig:
 
     @property
     def label(self) -> str:
-        """A short name for tables: esr-100, full, progressive-5-200, top_rkl-100."""
+        """A short name for tables: esr-100, full, progressive-5-200, top_rkl-100, and the
+        position-selective method the run trains with: esr-100+iw_opd, full+eopd."""
+        added = "+iw_opd" if self.position_weights == "iw_opd" else ""
+        added += "+eopd" if self.eopd_coef > 0 else ""
+        added += "+power_opd" if self.loss == "power_token" else ""
+        return self._positions_label + added
+
+    @property
+    def _positions_label(self) -> str:
         if self.progressive:
             schedule = "" if self.progressive_schedule == "linear" else "step-"
             return f"progressive-{schedule}{self.progressive[0]}-{self.progressive[1]}"
@@ -119,6 +137,22 @@ class TrainConfig:
         if self.selector == "all":
             return "full"
         return f"{self.selector}-{self.budget}"
+
+    def unused_method_knobs(self) -> tuple[str, ...]:
+        """The method fields this run does not use: a method that is off, and the knobs of
+        methods that are off. The run's saved config leaves them out (train.config_dict), so
+        that a run records what it did, and runs stored before these methods existed keep
+        their content address."""
+        unused = []
+        if self.position_weights == "uniform":
+            unused += ["position_weights", "iw_gamma"]
+        if self.eopd_coef == 0:
+            unused += ["eopd_coef", "eopd_threshold"]
+        if self.loss != "power_token":
+            unused.append("power_alpha")
+        if self.selector != "tip":
+            unused.append("tip_power")
+        return tuple(unused)
 
     def rollout_tokens(self, step: int) -> int:
         """ESR stops sampling at N; every other selector sees full-length rollouts."""
@@ -210,6 +244,7 @@ class TrainConfig:
             raise UserError(f"--loss-temperature must be positive, got {self.loss_temperature}")
         _check_fraction("--jsd-beta", self.jsd_beta, 0.0, 1.0)
         _check_positive(topk=self.topk)
+        self._check_method_fields()
         self._check_recipe_fields()
         world = default_dataset(self.pair.student)
         eval_dataset = self.eval_dataset or world
@@ -229,6 +264,24 @@ class TrainConfig:
             train_dataset=self.train_dataset or (world if world != "math500" else "numinamath"),
             eval_dataset=eval_dataset,
         )
+
+    def _check_method_fields(self) -> None:
+        """The position-selective methods' knobs: one line per bad value."""
+        if self.position_weights not in POSITION_WEIGHTS:
+            raise UserError(
+                f"unknown --position-weights '{self.position_weights}'; "
+                f"use {', '.join(POSITION_WEIGHTS)}"
+            )
+        for option, value in (
+            ("--iw-gamma", self.iw_gamma),
+            ("--eopd-coef", self.eopd_coef),
+            ("--eopd-threshold", self.eopd_threshold),
+        ):
+            if value < 0:
+                raise UserError(f"{option} must be >= 0, got {value}")
+        for option, value in (("--power-alpha", self.power_alpha), ("--tip-power", self.tip_power)):
+            if value <= 0:
+                raise UserError(f"{option} must be positive, got {value}")
 
     def _check_recipe_fields(self) -> None:
         """The options where esr-lab and the released code differ: one line per bad value."""
@@ -254,7 +307,7 @@ class TrainConfig:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.sampling.top_k < 0:
             raise UserError(f"--top-k must be >= 0 (0: off), got {self.sampling.top_k}")
-        if self.loss == "sampled_token":
+        if self.loss in SAMPLED_LOSSES:
             _check_sampled_token(self)
 
 
@@ -264,15 +317,15 @@ def _check_fraction(option: str, value: float, low: float, high: float) -> None:
 
 
 def _check_sampled_token(cfg: TrainConfig) -> None:
-    """The sampled-token loss is a policy gradient: its log-probs must be those of the
+    """The sampled-token losses are policy gradients: their log-probs must be those of the
     distribution the rollouts were drawn from, so the loss is taken at the sampling
     temperature (and nucleus); another --loss-temperature would make it off-policy."""
     t = cfg.sampling.temperature
     if t <= 0:
-        raise UserError("--loss sampled_token needs sampled rollouts (--temperature > 0), got 0")
+        raise UserError(f"--loss {cfg.loss} needs sampled rollouts (--temperature > 0), got 0")
     if cfg.loss_temperature not in (1.0, t):
         raise UserError(
-            f"--loss sampled_token is taken at the sampling temperature {t}; "
+            f"--loss {cfg.loss} is taken at the sampling temperature {t}; "
             f"--loss-temperature {cfg.loss_temperature} would make it off-policy"
         )
 

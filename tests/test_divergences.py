@@ -16,6 +16,8 @@ from esr_lab.divergences import (
     generalized_jsd,
     micro_batch_loss,
     per_position_loss,
+    power_token_cost,
+    power_token_pg_loss,
     reduce_loss,
     reduction_counts,
     reverse_kl,
@@ -185,6 +187,32 @@ def test_sampled_token_pg_loss_detaches_the_advantage() -> None:
     torch.testing.assert_close(lp_s.grad, torch.tensor([0.5, -1.0]))
 
 
+def test_power_token_hand_computed() -> None:
+    # alpha 2: p_s 0.5, p_t 0.25 -> 0.25 - 0.0625 = 0.1875; alpha 1: p_s 0.2, p_t 0.6 -> -0.4
+    lp_s = torch.tensor([0.5, 0.2]).log().requires_grad_()
+    lp_t = torch.tensor([0.25, 0.6]).log()
+    torch.testing.assert_close(power_token_cost(lp_s[:1], lp_t[:1], 2.0), torch.tensor([0.1875]))
+    torch.testing.assert_close(power_token_cost(lp_s[1:], lp_t[1:], 1.0), torch.tensor([-0.4]))
+    loss = power_token_pg_loss(lp_s, lp_t, alpha=2.0)  # costs 0.1875 and 0.04 - 0.36 = -0.32
+    torch.testing.assert_close(loss, torch.tensor([0.1875, -0.32]) * lp_s.detach())
+    loss.sum().backward()  # the cost is a constant: d/d log p_s is the cost itself
+    torch.testing.assert_close(lp_s.grad, torch.tensor([0.1875, -0.32]))
+    with pytest.raises(ValueError, match="alpha=0"):
+        power_token_cost(lp_s, lp_t, 0.0)
+
+
+def test_power_token_is_bounded_and_tends_to_the_log_ratio() -> None:
+    # the log-ratio of 1e-30 against 1 is -69; the power cost stays in [-1, 1] with its sign
+    lp_s, lp_t = torch.tensor([0.0, math.log(1e-30)]), torch.tensor([math.log(1e-30), 0.0])
+    cost = power_token_cost(lp_s, lp_t, 5.0)
+    assert cost.abs().max() <= 1.0 and torch.equal(cost.sign(), torch.tensor([1.0, -1.0]))
+    # (p_s^a - p_t^a) / a -> log p_s - log p_t as a -> 0: PowerOPD's log-ratio limit
+    lp_s = torch.tensor([-0.3, -2.0], dtype=torch.float64)
+    lp_t = torch.tensor([-1.2, -0.1], dtype=torch.float64)
+    limit = power_token_cost(lp_s, lp_t, 1e-7) / 1e-7
+    torch.testing.assert_close(limit, sampled_token_advantage(lp_s, lp_t), rtol=1e-5, atol=0)
+
+
 # --- top-k support ---------------------------------------------------------------------------
 
 
@@ -232,7 +260,13 @@ def test_per_position_loss_dispatch() -> None:
         per_position_loss("sampled_token", None, None, student_logp_BT=lp_s, teacher_logp_BT=lp_t),
         (lp_s - lp_t) * lp_s,
     )
-    assert len(LOSSES) == 5
+    torch.testing.assert_close(
+        per_position_loss(
+            "power_token", None, None, student_logp_BT=lp_s, teacher_logp_BT=lp_t, power_alpha=3.0
+        ),
+        power_token_pg_loss(lp_s, lp_t, 3.0),
+    )
+    assert len(LOSSES) == 6
     with pytest.raises(ValueError, match="reverse_kl"):
         per_position_loss("kl", s, t)
     with pytest.raises(ValueError, match="student_logp_BT"):

@@ -25,6 +25,7 @@ CASES = [
     ("jsd", {"beta": 1.0}),
     ("topk_support", {"topk": 5}),
     ("sampled_token", {}),
+    ("power_token", {"power_alpha": 0.5}),
 ]
 
 

@@ -11,7 +11,9 @@ from esr_lab.selection import (
     first_n,
     random_k,
     select_positions,
+    tip_sample,
     top_k_by_score,
+    weighted_sample_k,
 )
 
 
@@ -126,6 +128,51 @@ def test_random_k_rows_do_not_depend_on_their_batch() -> None:
     assert len({tuple(row.tolist()) for row in whole}) == 4  # rows differ from each other
 
 
+def test_weighted_sample_takes_the_largest_keys_log_u_over_w() -> None:
+    # One row of 4 response positions (and one of padding), weights 1, 2, 3, 4. With the row's
+    # own uniforms u, the keys log(u) / w decide: the two largest are the sample of size 2.
+    mask_BT = _mask("xxxx.")
+    weight_BT = torch.tensor([[1.0, 2.0, 3.0, 4.0, 9.0]])
+    u = torch.rand(8, generator=torch.Generator().manual_seed(5))[:5].double()
+    keys = (u.log() / weight_BT[0].double())[:4]
+    expected = torch.zeros(1, 5, dtype=torch.bool)
+    expected[0, keys.topk(2).indices] = True
+    assert torch.equal(weighted_sample_k(weight_BT, mask_BT, 2, _gens(5), width=8), expected)
+
+
+def test_weighted_sample_first_draw_follows_the_weights() -> None:
+    # Without replacement, the first position taken is i with probability w_i / sum(w):
+    # 0.1, 0.2, 0.3, 0.4 here. 4,000 rows, each its own seed: within 0.03 (about 4 sd).
+    mask_BT = torch.ones(4000, 4, dtype=torch.bool)
+    weight_BT = torch.tensor([1.0, 2.0, 3.0, 4.0]).expand(4000, 4)
+    first = weighted_sample_k(weight_BT, mask_BT, 1, _gens(*range(4000))).float().mean(0)
+    torch.testing.assert_close(first, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.03, rtol=0)
+
+
+def test_weighted_sample_zero_weights_come_last_but_rows_stay_full() -> None:
+    # Row 0: only position 4 has weight; a sample of 1 is always it, a sample of 3 still takes
+    # three positions. Row 1 is all zeros: any 3 of its 6, never an unmasked one.
+    weight_BT = torch.tensor([[0, 0, 0, 0, 5.0, 0, 0, 0], [0.0] * 8])
+    for seed in range(20):
+        one = weighted_sample_k(weight_BT, RESPONSE_BT[:2], 1, _gens(seed, seed + 1))
+        assert one[0].tolist() == _mask("....x...")[0].tolist()
+        three = weighted_sample_k(weight_BT, RESPONSE_BT[:2], 3, _gens(seed, seed + 1))
+        assert three.sum(-1).tolist() == [3, 3] and not (three & ~RESPONSE_BT[:2]).any()
+
+
+def test_tip_draws_by_student_entropy_to_a_power() -> None:
+    # entropy 0 at 3 of 5 positions: a sample of 2 is always the two with entropy; power 2
+    # weighs entropies 1 and 3 as 1 and 9, i.e. the same keys as weights (1, 9) by hand.
+    entropy_BT = torch.tensor([[0.0, 1.0, 0.0, 3.0, 0.0]])
+    mask_BT = _mask("xxxxx")
+    assert tip_sample(entropy_BT, mask_BT, 2, _gens(3)).tolist() == _mask(".x.x.").tolist()
+    squared = tip_sample(entropy_BT, mask_BT, 1, _gens(4), power=2.0)
+    by_hand = weighted_sample_k(entropy_BT**2, mask_BT, 1, _gens(4))
+    assert torch.equal(squared, by_hand)
+    with pytest.raises(ValueError, match="power=0"):
+        tip_sample(entropy_BT, mask_BT, 1, _gens(3), power=0.0)
+
+
 def test_select_positions_dispatch() -> None:
     rkl_BT = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5.0]] * 4)
     hs_BT = torch.tensor([[0, 0, 0, 5, 4, 3, 2, 1.0]] * 4)
@@ -150,7 +197,9 @@ def test_select_positions_dispatch() -> None:
     assert torch.equal(select_positions("all", RESPONSE_BT), RESPONSE_BT)
     gens = _gens(1, 2, 3, 4)
     assert select_positions("random", RESPONSE_BT, budget=2, generators=gens).sum().item() == 6
-    assert set(top_row) | {"first_n", "all", "random"} == set(SELECTORS)
+    tip = select_positions("tip", RESPONSE_BT, budget=2, generators=_gens(1, 2, 3, 4), **kw)
+    assert torch.equal(tip, tip_sample(hs_BT, RESPONSE_BT, 2, _gens(1, 2, 3, 4)))
+    assert set(top_row) | {"first_n", "all", "random", "tip"} == set(SELECTORS)
 
 
 def test_select_positions_errors() -> None:
@@ -164,6 +213,10 @@ def test_select_positions_errors() -> None:
         select_positions("first_n", RESPONSE_BT)
     with pytest.raises(ValueError, match="Generator"):
         select_positions("random", RESPONSE_BT, budget=2)
+    with pytest.raises(ValueError, match="Generator"):
+        select_positions("tip", RESPONSE_BT, budget=2, student_entropy_BT=torch.ones(4, 8))
+    with pytest.raises(ValueError, match="student_entropy_BT"):
+        select_positions("tip", RESPONSE_BT, budget=2, generators=_gens(1, 2, 3, 4))
     with pytest.raises(ValueError, match="k=0"):
         select_positions("top_rkl", RESPONSE_BT, budget=0, rkl_BT=torch.ones(4, 8))
 

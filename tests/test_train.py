@@ -11,7 +11,7 @@ import torch
 
 from esr_lab import loop, train
 from esr_lab.config import ModelPair, Sampling
-from esr_lab.divergences import reverse_kl
+from esr_lab.divergences import entropy, forward_kl, reverse_kl
 from esr_lab.errors import UserError
 from esr_lab.models import load_tokenizer
 from esr_lab.scoring import build_batch, response_logits, shared_vocab_size
@@ -73,6 +73,31 @@ def test_fused_losses_take_the_step_of_full_logits(loss, selector):
     )
 
 
+METHODS = {
+    "power_opd": {"loss": "power_token", "power_alpha": 2.0},
+    "iw_opd": {"position_weights": "iw_opd", "iw_gamma": 0.5},
+    "eopd": {"eopd_coef": 1.0, "eopd_threshold": 0.0},
+    "tip": {"selector": "tip", "budget": 4},
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_fused_take_the_step_of_full_logits(method):
+    cfg = replace(BASE, **METHODS[method])
+    fused = one_step(replace(cfg, fused_loss=True))
+    assert_same_gradient(fused, one_step(replace(cfg, fused_loss=False)), 1e-4)
+    if method == "tip":
+        assert 0 < fused[0]["selected_tokens_mean"] <= 4 < fused[0]["rollout_tokens_mean"]
+
+
+@pytest.mark.parametrize("reduction", ["sequence_sum", "token_mean"])
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_micro_batches_add_up_to_the_whole_batch(method, reduction):
+    cfg = replace(BASE, reduction=reduction, **METHODS[method])
+    whole = one_step(replace(cfg, micro_batch=4))
+    assert_same_gradient(whole, one_step(replace(cfg, micro_batch=1)))
+
+
 def test_gradient_checkpointing_takes_the_same_step():
     assert_same_gradient(one_step(replace(BASE, gradient_checkpointing=True)), one_step(BASE), 1e-5)
 
@@ -101,6 +126,66 @@ def test_step_loss_is_the_papers_equation():
     kl_BT = reverse_kl(s_logits, t_logits) * batches[0].response_mask_BT
     expected = float(kl_BT.sum(-1).mean())  # sum over positions, mean over sequences
     assert train.train_step(trainer, 1)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def rollout_and_logits(cfg):
+    """The trainer, and step 1's response mask, token ids and both models' response logits."""
+    trainer = train.setup(cfg.resolved())
+    problems, responses = train.rollout(trainer, 1)
+    batches = [
+        build_batch(
+            [side.prompt_ids(p.problem) for p in problems], responses, side.tokenizer.pad_token_id
+        )
+        for side in (trainer.student, trainer.teacher)
+    ]
+    with torch.no_grad():
+        s_logits = response_logits(trainer.model, batches[0])
+        t_logits = response_logits(trainer.teacher.loaded.model, batches[1])
+    return trainer, batches[0].response_mask_BT, batches[0].response_ids_BT, s_logits, t_logits
+
+
+def test_iw_opd_step_loss_is_the_weighted_equation():
+    """IW-OPD's weights (1 + gamma (1 - D_<t / D)), written out here, times the reverse KL;
+    summed over positions, averaged over sequences."""
+    trainer, mask, ids, s_logits, t_logits = rollout_and_logits(
+        replace(BASE, n=8, position_weights="iw_opd", iw_gamma=0.5)
+    )
+    logp_s = s_logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+    logp_t = t_logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+    gap = (logp_t - logp_s).abs() * mask
+    weights = 1 + 0.5 * (1 - (gap.cumsum(-1) - gap) / gap.sum(-1, keepdim=True))
+    assert weights[mask].min() < 1.2 and weights[mask].max() == pytest.approx(1.5)
+    expected = float((weights * reverse_kl(s_logits, t_logits) * mask).sum(-1).mean())
+    assert train.train_step(trainer, 1)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_eopd_step_loss_adds_the_gated_forward_kl():
+    """Reverse KL everywhere plus coef x forward KL where the teacher's entropy exceeds the
+    threshold (set at the median here, so that both sides of the gate are taken)."""
+    cfg = replace(BASE, n=8)
+    _, mask, _, _, t_logits = rollout_and_logits(cfg)
+    threshold = float(entropy(t_logits)[mask].median())
+    trainer, mask, _, s_logits, t_logits = rollout_and_logits(
+        replace(cfg, eopd_coef=2.0, eopd_threshold=threshold)
+    )
+    gate = (entropy(t_logits) > threshold) & mask
+    assert 0 < gate.sum() < mask.sum()
+    per_position = reverse_kl(s_logits, t_logits) + 2.0 * gate * forward_kl(s_logits, t_logits)
+    expected = float((per_position * mask).sum(-1).mean())
+    assert train.train_step(trainer, 1)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_run_records_the_knobs_of_its_methods_only():
+    """Runs without these methods save the config they saved before the methods existed (so
+    they keep their content address); a run with one records its knobs."""
+    knobs = {"position_weights", "iw_gamma", "eopd_coef", "eopd_threshold", "power_alpha"}
+    knobs |= {"tip_power"}
+    plain = train.config_dict(BASE.resolved())
+    assert not knobs & set(plain)
+    every = replace(BASE, selector="tip", budget=4, loss="power_token", **METHODS["iw_opd"])
+    saved = train.config_dict(replace(every, eopd_coef=1.0).resolved())
+    assert knobs <= set(saved) and saved["iw_gamma"] == 0.5 and saved["tip_power"] == 1.0
+    assert saved["label"] == "tip-4+iw_opd+eopd+power_opd"
 
 
 def run_killed_and_resumed(cfg, tmp_path, monkeypatch):
@@ -163,6 +248,14 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         ({"loss_temperature": 0.0}, "--loss-temperature must be positive"),
         ({"jsd_beta": 1.5}, r"--jsd-beta must be in \[0, 1\], got 1.5"),
         ({"topk": 0}, "--topk must be at least 1"),
+        ({"position_weights": "iw"}, "unknown --position-weights 'iw'; use uniform, iw_opd"),
+        ({"iw_gamma": -0.1}, "--iw-gamma must be >= 0, got -0.1"),
+        ({"eopd_coef": -1.0}, "--eopd-coef must be >= 0, got -1.0"),
+        ({"eopd_threshold": -1.0}, "--eopd-threshold must be >= 0"),
+        ({"power_alpha": 0.0}, "--power-alpha must be positive, got 0.0"),
+        ({"tip_power": -1.0}, "--tip-power must be positive"),
+        ({"selector": "tip"}, "selector 'tip' needs --budget >= 1, got None"),
+        ({"loss": "power_token", "loss_temperature": 2.0}, "--loss power_token is taken at"),
     ],
 )
 def test_bad_settings_are_one_line_errors(change, message):
@@ -177,5 +270,8 @@ def test_vocabularies_must_agree_on_their_overlap(byte_model_dir, bpe_model_dir)
     assert len(bpe_tok) > len(byte_tok)
     assert shared_vocab_size(byte_tok, bpe_tok) == len(byte_tok)
     other = byte_level_tokenizer(specials=SPECIALS[::-1])
+    for change in ({"position_weights": "iw_opd"}, {"eopd_coef": 1.0}):
+        with pytest.raises(UserError, match="these models have different tokenizers"):
+            train.vocabularies(other, bpe_tok, replace(BASE, **change))
     with pytest.raises(UserError, match=f"vocabularies differ \\({len(other)} and {len(bpe_tok)}"):
         shared_vocab_size(other, bpe_tok)

@@ -20,6 +20,7 @@ Without `--seeds` nothing of this is written and the run is exactly what it alwa
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from esr_lab.console import print_table
+from esr_lab.console import print_table, progress_bar
 from esr_lab.intervals import t_interval
 from esr_lab.records import Paths, RunDir, declare, open_run, write_table
 
@@ -107,6 +108,26 @@ def run_variants(
         for stem, table in tables.items():
             write_table(parent.path / f"{stem}.parquet", table, SEED_SCHEMAS[stem])
     return Trained(parent, summary, all_evals, tables)
+
+
+def measure_steps(cfg: TrainConfig, warmup: int, show_progress: bool) -> tuple[list[dict], str]:
+    """Metrics of each measured step of `cfg` (a fresh student on the run's prompts, nothing
+    saved): its `cfg.steps` steps, the first `warmup` of them unmeasured (first-call
+    allocations, kernel selection); and the device it ran on."""
+    from esr_lab import train
+
+    trainer = train.setup(cfg.resolved())
+    device, rows = str(trainer.student.loaded.device), []
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(f"timing {cfg.label}", total=cfg.steps)
+        for step in range(1, cfg.steps + 1):
+            metrics = train.train_step(trainer, step)
+            if step > warmup:
+                rows.append(metrics)
+            bar.advance(task)
+    del trainer
+    gc.collect()
+    return rows, device
 
 
 SEED_SCHEMAS = {

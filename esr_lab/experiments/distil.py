@@ -41,7 +41,7 @@ from esr_lab.options import (
 class Options:
     n: Window = None
     full: Annotated[bool, opt("Full-rollout OPD instead of ESR.")] = False
-    selector: Annotated[str | None, opt("Token selector (first_n, all, top_rkl, ...).")] = None
+    selector: Annotated[str | None, opt("Token selector (first_n, all, top_rkl, tip, ...).")] = None
     budget: Annotated[int | None, opt("Positions per sequence for top-k selectors.")] = None
     progressive: Annotated[
         str | None, opt("ESR with N growing from START to END over training: START,END.")

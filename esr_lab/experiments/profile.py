@@ -20,15 +20,15 @@ Command: esr-lab profile --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 
 from __future__ import annotations
 
-import gc
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
 from esr_lab.config import PHASES
-from esr_lab.console import print_table, progress_bar
+from esr_lab.console import print_table
 from esr_lab.errors import UserError
+from esr_lab.experiments.common import measure_steps
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_profile
 from esr_lab.options import (
@@ -115,25 +115,6 @@ class ProfileConfig:
         return [*esr, replace(base, selector="all", n=None)]
 
 
-def profile_variant(cfg: TrainConfig, warmup: int, show_progress: bool) -> tuple[list[dict], str]:
-    """Metrics of each measured step of one variant (fresh student, same prompts), and the
-    device it ran on."""
-    from esr_lab import train
-
-    trainer = train.setup(cfg.resolved())
-    device, rows = str(trainer.student.loaded.device), []
-    with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"profile {cfg.label}", total=cfg.steps)
-        for step in range(1, cfg.steps + 1):
-            metrics = train.train_step(trainer, step)
-            if step > warmup:
-                rows.append(metrics)
-            bar.advance(task)
-    del trainer
-    gc.collect()
-    return rows, device
-
-
 def long_rows(metrics: dict, run_id: str, cfg: TrainConfig, device: str) -> list[dict]:
     """One step's metrics as one row per phase, plus the step's total."""
     times = {p: metrics[f"time_{p}_s"] for p in PHASES}
@@ -201,7 +182,7 @@ def run(cfg: ProfileConfig, paths: Paths) -> Result:
     run_dir = open_run(paths.results_dir, "profile", config, paths.run_id)
     rows = []
     for variant in variants:
-        measured, device = profile_variant(variant, cfg.warmup, paths.show_progress)
+        measured, device = measure_steps(variant, cfg.warmup, paths.show_progress)
         for metrics in measured:
             rows += long_rows(metrics, run_dir.run_id, variant, device)
     steps = pd.DataFrame(rows)
