@@ -30,15 +30,7 @@ from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_decay
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanPreset,
-    opt,
-    parse_int_list,
-)
+from esr_lab.options import SAMPLING_GROUPS, Given, ScanPreset, opt, parse_int_list
 from esr_lab.records import declare, open_run, write_table
 from esr_lab.seeding import row_seed
 
@@ -307,7 +299,7 @@ EXPERIMENT = Experiment(
     folder="decay",
     help="Finding 1: teacher accuracy when it continues from student prefixes of growing length.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -28,7 +28,7 @@ from esr_lab.console import print_table
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
 from esr_lab.experiments.registry import Experiment, Paths, Result
-from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, opt
+from esr_lab.options import SAMPLING_GROUPS, Given, opt
 from esr_lab.prompts import DEFAULT_INSTRUCTION
 from esr_lab.records import SCHEMAS, open_run, write_table
 
@@ -222,7 +222,7 @@ EXPERIMENT = Experiment(
     folder="eval",
     help="avg@k, pass@k and maj@k of a model (and adapter) on a dataset.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

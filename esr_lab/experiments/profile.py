@@ -31,17 +31,7 @@ from esr_lab.console import print_table, progress_bar
 from esr_lab.errors import UserError
 from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
 from esr_lab.figures import plot_profile
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    TrainOptions,
-    default_train_config,
-    int_list,
-    opt,
-    settings,
-)
+from esr_lab.options import TRAINING_GROUPS, Given, default_train_config, int_list, opt, settings
 from esr_lab.records import declare, open_run, write_table
 
 if TYPE_CHECKING:
@@ -244,7 +234,7 @@ EXPERIMENT = Experiment(
     folder="profile",
     help="Finding 8: per-phase wall time and peak memory of ESR(N) steps against full OPD.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,
