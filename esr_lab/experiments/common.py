@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
@@ -107,6 +107,24 @@ def run_variants(
         for stem, table in tables.items():
             write_table(parent.path / f"{stem}.parquet", table, SEED_SCHEMAS[stem])
     return Trained(parent, summary, all_evals, tables)
+
+
+def train_family(
+    experiment: str,
+    cfg,
+    paths: Paths,
+    variants: Sequence[TrainConfig] | None = None,
+    names: Sequence[str] | None = None,
+) -> Trained:
+    """Train an experiment config's variants (its `variants()`, or those given under `names`)
+    once per seed of its `seeds`, tabulating its `comparisons()`; its config.json holds the
+    config and the variants' names (the seeds only where given: run_variants records them)."""
+    variants = cfg.variants() if variants is None else variants
+    names = [v.label for v in variants] if names is None else list(names)
+    config = dict(asdict(cfg), variants=names)
+    config.pop("seeds")
+    comparisons = cfg.comparisons()
+    return run_variants(experiment, config, variants, paths, cfg.seeds, names, comparisons)
 
 
 SEED_SCHEMAS = {
@@ -219,6 +237,12 @@ def print_seed_summary(tables: dict[str, pd.DataFrame], title: str) -> None:
     """The aggregate over seeds, where the run had --seeds (nothing otherwise)."""
     if "seed_aggregate" in tables:
         print_table(seed_table(tables["seed_aggregate"]), f"{title}: over seeds (95% t-interval)")
+
+
+def print_trained_summary(result, title: str) -> None:
+    """The training summary (a row per seed, with --seeds) and the aggregate over seeds."""
+    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
+    print_seed_summary(result.tables, title)
 
 
 def trained_tables(trained: Trained) -> dict[str, pd.DataFrame]:

@@ -14,27 +14,11 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated
 
-from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import (
-    print_seed_summary,
-    run_variants,
-    summary_table,
-    trained_tables,
-)
+from esr_lab.experiments.common import print_trained_summary, run_variants, trained_tables
 from esr_lab.experiments.registry import Experiment, Paths, Result
 from esr_lab.figures import plot_training_curve
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    SeedOptions,
-    TrainOptions,
-    Window,
-    int_list,
-    opt,
-)
+from esr_lab.options import SEEDED_TRAINING_GROUPS, Given, Window, int_list, opt
 
 
 @dataclass
@@ -106,8 +90,7 @@ def _run_seeds(seeded: Seeded, paths: Paths) -> Result:
 
 def print_summary(result: Result) -> None:
     title = f"Training, run {result.run_dir.run_id}"
-    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
-    print_seed_summary(result.tables, title)
+    print_trained_summary(result, title)
 
 
 EXPERIMENT = Experiment(
@@ -115,7 +98,7 @@ EXPERIMENT = Experiment(
     folder="train",
     help="Distil the teacher into the student with ESR (first N tokens) or full OPD.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
+    groups=SEEDED_TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,
