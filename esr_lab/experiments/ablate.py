@@ -26,7 +26,7 @@ import pandas as pd
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import print_seed_summary, train_family, with_seeds
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_ablate
 from esr_lab.options import (
     SEEDED_TRAINING_GROUPS,
@@ -225,7 +225,7 @@ def configure(options: Options, given: Given) -> AblateConfig:
     )
 
 
-def run(cfg: AblateConfig, paths: Paths) -> Result:
+def run(cfg: AblateConfig, paths: Paths) -> ExperimentResult:
     """Train every variant (content-addressed, shared with other experiments), then tabulate."""
     cfg = cfg.resolved()
     variants = cfg.variants()
@@ -238,10 +238,10 @@ def run(cfg: AblateConfig, paths: Paths) -> Result:
     write_table(parent.path / "ablate_summary.parquet", result, "ablate_summary")
     figure = FIGURE.save((table,), paths, parent.path)
     tables = {"ablate_evals": table, "ablate_summary": result, **trained.seed_tables}
-    return Result(parent, tables, figure)
+    return ExperimentResult(parent, tables, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     summary = result.tables["ablate_summary"]
     title = f"Recipe ablation, run {result.run_dir.run_id}"
     print_table(terminal_table(summary), title)

@@ -26,7 +26,7 @@ import pandas as pd
 from esr_lab import analysis
 from esr_lab.adapters import check_checkpoint, load_adapter, trained_adapter
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.experiments.scans import (
     TrainedScanConfig,
     TrainedScanOptions,
@@ -66,7 +66,7 @@ def configure(options: Options, given: Given) -> CascadeConfig:
     return configure_trained_scan(CascadeConfig, "cascade", options, given, own)
 
 
-def run(cfg: CascadeConfig, paths: Paths) -> Result:
+def run(cfg: CascadeConfig, paths: Paths) -> ExperimentResult:
     """Train (or take) ESR, scan base and trained students, bin, summarise, plot."""
     cfg = cfg.resolved()
     adapter = trained_adapter(cfg.esr(), cfg.esr_checkpoint, paths.results_dir, paths.show_progress)
@@ -87,10 +87,10 @@ def run(cfg: CascadeConfig, paths: Paths) -> Result:
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
     figure = FIGURE.save((bins, summary), paths, run_dir.path)
-    return Result(run_dir, {"bins": bins, "summary": summary}, figure)
+    return ExperimentResult(run_dir, {"bins": bins, "summary": summary}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     summary, run_dir = result.tables["summary"], result.run_dir
     window = int(summary.window.iloc[0])
     shown = pd.DataFrame(

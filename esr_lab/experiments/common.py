@@ -32,6 +32,7 @@ from esr_lab.intervals import t_interval
 from esr_lab.records import Paths, RunDir, declare, open_run, write_table
 
 if TYPE_CHECKING:
+    from esr_lab.experiments.registry import ExperimentResult
     from esr_lab.train_config import TrainConfig
 
 SEED_METRICS = ("best_avg_at_k", "final_avg_at_k")
@@ -239,12 +240,12 @@ def print_seed_summary(tables: dict[str, pd.DataFrame], title: str) -> None:
         print_table(seed_table(tables["seed_aggregate"]), f"{title}: over seeds (95% t-interval)")
 
 
-def print_trained_summary(result, title: str) -> None:
+def print_trained_summary(result: ExperimentResult, title: str) -> None:
     """The training summary (a row per seed, with --seeds) and the aggregate over seeds."""
     print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
     print_seed_summary(result.tables, title)
 
 
 def trained_tables(trained: Trained) -> dict[str, pd.DataFrame]:
-    """The tables a Result carries: summary, evals and, with --seeds, the seed tables."""
+    """The tables an ExperimentResult carries: summary, evals and, with --seeds, the seed tables."""
     return {"summary": trained.summary, "evals": trained.evals, **trained.seed_tables}

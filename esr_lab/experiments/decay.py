@@ -28,7 +28,7 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table, progress_bar
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_decay
 from esr_lab.options import SAMPLING_GROUPS, Given, ScanPreset, opt, parse_int_list
 from esr_lab.records import declare, open_run, write_table
@@ -126,7 +126,7 @@ def configure(options: Options, given: Given) -> DecayConfig:
     )
 
 
-def run(cfg: DecayConfig, paths: Paths) -> Result:
+def run(cfg: DecayConfig, paths: Paths) -> ExperimentResult:
     """Sample, continue, grade and summarise; resumable per chunk of problems."""
     from esr_lab.models import check_models
     from esr_lab.policy import load_policy
@@ -157,7 +157,7 @@ def run(cfg: DecayConfig, paths: Paths) -> Result:
     summary = accuracy_by_prefix(samples, cfg.prefix_lengths, run_dir.run_id)
     write_table(run_dir.path / "summary.parquet", summary, "decay_summary")
     figure = FIGURE.save((summary,), paths, run_dir.path)
-    return Result(run_dir, {"samples": samples, "summary": summary}, figure)
+    return ExperimentResult(run_dir, {"samples": samples, "summary": summary}, figure)
 
 
 # The per-sample columns a chunk produces; run_id and seed are added in front when it is saved.
@@ -275,7 +275,7 @@ def _summary_row(part: pd.DataFrame, condition: str, k: int | None) -> tuple:
     return (condition, k, mean, low, high, len(per_problem), len(part))
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The summary as a narrow table: accuracy and its 95% CI in percent."""
     summary, run_dir = result.tables["summary"], result.run_dir
     shown = pd.DataFrame(

@@ -19,7 +19,7 @@ from typing import Annotated
 
 from esr_lab import analysis
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.experiments.scans import ScanConfig, ScanOptions, configure_scan, open_scan
 from esr_lab.figures import MIN_BIN_SHARE, plot_positions, reached_bins
 from esr_lab.options import SAMPLING_GROUPS, BinWidth, Given, opt, settings
@@ -53,7 +53,7 @@ def configure(options: Options, given: Given) -> PositionsConfig:
     )
 
 
-def run(cfg: PositionsConfig, paths: Paths) -> Result:
+def run(cfg: PositionsConfig, paths: Paths) -> ExperimentResult:
     """Scan, bin, write bins.parquet and the figure; returns the run and its bins."""
     cfg = cfg.resolved()
     opened = open_scan("positions", cfg, paths)
@@ -62,10 +62,10 @@ def run(cfg: PositionsConfig, paths: Paths) -> Result:
     bins = analysis.tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
     figure = FIGURE.save((bins,), paths, run_dir.path)
-    return Result(run_dir, {"bins": bins}, figure)
+    return ExperimentResult(run_dir, {"bins": bins}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The bins most rollouts reach; the sparse tail stays in bins.parquet."""
     bins, run_dir = result.tables["bins"], result.run_dir
     shown = reached_bins(bins)

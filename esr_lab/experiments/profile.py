@@ -29,7 +29,7 @@ import pandas as pd
 from esr_lab.config import PHASES
 from esr_lab.console import print_table, progress_bar
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_profile
 from esr_lab.options import TRAINING_GROUPS, Given, default_train_config, int_list, opt, settings
 from esr_lab.records import declare, open_run, write_table
@@ -183,7 +183,7 @@ def configure(options: Options, given: Given) -> ProfileConfig:
     return ProfileConfig(base=base, **values)
 
 
-def run(cfg: ProfileConfig, paths: Paths) -> Result:
+def run(cfg: ProfileConfig, paths: Paths) -> ExperimentResult:
     """Profile every variant; writes steps.parquet, summary.parquet and profile.png."""
     cfg = cfg.resolved()
     variants = cfg.variants()
@@ -199,10 +199,10 @@ def run(cfg: ProfileConfig, paths: Paths) -> Result:
     summary = phase_summary(steps)
     write_table(run_dir.path / "summary.parquet", summary, "profile_summary")
     figure = FIGURE.save((summary,), paths, run_dir.path)
-    return Result(run_dir, {"steps": steps, "summary": summary}, figure)
+    return ExperimentResult(run_dir, {"steps": steps, "summary": summary}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"Cost per step, run {result.run_dir.run_id}"
     print_table(paper_table(result.tables["summary"]), title)
 

@@ -6,7 +6,7 @@ subcommand. The module holds, beside each other:
 - a frozen `Config` whose `resolved()` fills every default and validates (one-line errors);
 - `configure(options, given) -> Config`: command line, then preset, then recipe, then the
   dataclass defaults, through `options.settings`;
-- `run(cfg, paths) -> Result`: the work, writing the run folder and returning its tables;
+- `run(cfg, paths) -> ExperimentResult`: the work, writing the run folder and returning its tables;
 - `print_summary(result)`: the short terminal table;
 - its table schemas (`records.declare`, which `write_table` checks) and its figure (a plot
   function from `esr_lab.figures` and the saved tables it reads).
@@ -31,8 +31,9 @@ from esr_lab.records import Paths, RunDir
 
 
 @dataclass
-class Result:
-    """A finished run: its folder, the tables it wrote (by file stem), and the figure drawn."""
+class ExperimentResult:
+    """What an experiment's run leaves: its folder, the tables it wrote (by file stem), and the
+    figure drawn."""
 
     run_dir: RunDir
     tables: dict[str, pd.DataFrame]
@@ -75,8 +76,8 @@ class Experiment:
     options: type  # dataclass of the command's own options
     groups: tuple[type, ...]  # shared option groups it takes (esr_lab.options)
     configure: Callable[[Any, Any], Any]
-    run: Callable[[Any, Paths], Result | None]
-    print_summary: Callable[[Result], None]
+    run: Callable[[Any, Paths], ExperimentResult | None]
+    print_summary: Callable[[ExperimentResult], None]
     figure: Figure | None = None
     order: int = 100  # position in `esr-lab --help`
     finding: str | None = None  # the paper finding `reproduce` runs it for; None: not a step

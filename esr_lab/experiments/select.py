@@ -20,7 +20,7 @@ from esr_lab.console import progress_bar
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import print_trained_summary, train_family, trained_tables
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_select
 from esr_lab.options import SEEDED_TRAINING_GROUPS, Given, default_train_config, opt, settings
 from esr_lab.records import declare, write_table
@@ -120,7 +120,7 @@ def configure(options: Options, given: Given) -> SelectConfig:
     return SelectConfig(base=base, seeds=given.seeds, **values)
 
 
-def run(cfg: SelectConfig, paths: Paths) -> Result:
+def run(cfg: SelectConfig, paths: Paths) -> ExperimentResult:
     cfg = cfg.resolved()
     trained = train_family("select", cfg, paths)
     parent, summary = trained.parent, trained.summary
@@ -129,10 +129,10 @@ def run(cfg: SelectConfig, paths: Paths) -> Result:
     write_table(parent.path / "loss_share.parquet", loss_share, "loss_share")
     figure = FIGURE.save((summary,), paths, parent.path)
     tables = {**trained_tables(trained), "loss_share": loss_share}
-    return Result(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
+    return ExperimentResult(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"Token selection, run {result.run_dir.run_id}"
     print_trained_summary(result, title)
     budget, share = result.facts["budget"], result.facts["share"]

@@ -26,7 +26,7 @@ import pandas as pd
 from esr_lab import analysis
 from esr_lab.adapters import check_checkpoint, trained_adapter, trained_policy
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.experiments.scans import (
     TrainedScanConfig,
     TrainedScanOptions,
@@ -100,7 +100,7 @@ def configure(options: Options, given: Given) -> SubmodeConfig:
     return configure_trained_scan(SubmodeConfig, "submode", options, given, {}, **taken)
 
 
-def run(cfg: SubmodeConfig, paths: Paths) -> Result:
+def run(cfg: SubmodeConfig, paths: Paths) -> ExperimentResult:
     """Train (or take) both students, scan each, measure teacher lengths; one summary row each."""
     cfg = cfg.resolved()
     adapters = {
@@ -126,10 +126,12 @@ def run(cfg: SubmodeConfig, paths: Paths) -> Result:
     summary = summary[list(SCHEMAS["submode_summary"])]
     write_table(run_dir.path / "summary.parquet", summary, "submode_summary")
     figure = FIGURE.save((summary,), paths, run_dir.path)
-    return Result(run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction})
+    return ExperimentResult(
+        run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction}
+    )
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """Finding 7's two tables: commitment on the top-KL positions, and response lengths."""
     summary, run_dir, fraction = (
         result.tables["summary"],

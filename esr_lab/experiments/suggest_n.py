@@ -19,7 +19,7 @@ import pandas as pd
 
 from esr_lab import analysis
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.experiments.scans import ScanConfig, ScanOptions, configure_scan, open_scan
 from esr_lab.figures import plot_suggest_n
 from esr_lab.options import SAMPLING_GROUPS, Given, opt
@@ -66,7 +66,7 @@ def configure(options: Options, given: Given) -> SuggestConfig:
     return configure_scan(SuggestConfig, "suggest_n", options, given, own)
 
 
-def run(cfg: SuggestConfig, paths: Paths) -> Result:
+def run(cfg: SuggestConfig, paths: Paths) -> ExperimentResult:
     """Scan, write the cumulative curve and the suggested N; returns run, curve and summary."""
     cfg = cfg.resolved()
     opened = open_scan("suggest_n", cfg, paths)
@@ -86,10 +86,10 @@ def run(cfg: SuggestConfig, paths: Paths) -> Result:
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
     figure = FIGURE.save((curve, summary), paths, run_dir.path)
-    return Result(run_dir, {"curve": curve, "summary": summary}, figure)
+    return ExperimentResult(run_dir, {"curve": curve, "summary": summary}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The curve at round shares, with the suggested N's row marked."""
     curve, summary, run_dir = result.tables["curve"], result.tables["summary"], result.run_dir
     n = int(summary.n.iloc[0])

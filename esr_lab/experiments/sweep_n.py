@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import print_trained_summary, train_family, trained_tables
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_sweep_n
 from esr_lab.options import (
     SEEDED_TRAINING_GROUPS,
@@ -98,14 +98,14 @@ def configure(options: Options, given: Given) -> SweepConfig:
     )
 
 
-def run(cfg: SweepConfig, paths: Paths) -> Result:
+def run(cfg: SweepConfig, paths: Paths) -> ExperimentResult:
     cfg = cfg.resolved()
     trained = train_family("sweep_n", cfg, paths)
     figure = FIGURE.save((trained.summary,), paths, trained.parent.path)
-    return Result(trained.parent, trained_tables(trained), figure)
+    return ExperimentResult(trained.parent, trained_tables(trained), figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"N sweep, run {result.run_dir.run_id}"
     print_trained_summary(result, title)
 

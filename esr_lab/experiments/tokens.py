@@ -24,7 +24,7 @@ from typing import Annotated
 from esr_lab import analysis
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.experiments.scans import ScanConfig, ScanOptions, configure_scan, open_scan
 from esr_lab.figures import plot_tokens
 from esr_lab.options import SAMPLING_GROUPS, Given, int_list, opt
@@ -97,7 +97,7 @@ def configure(options: Options, given: Given) -> TokensConfig:
     return configure_scan(TokensConfig, "tokens", options, given, own, top=options.top)
 
 
-def run(cfg: TokensConfig, paths: Paths) -> Result:
+def run(cfg: TokensConfig, paths: Paths) -> ExperimentResult:
     """Scan, then tabulate categories x bins and the top tokens; returns run, cells, top."""
     cfg = cfg.resolved()
     opened = open_scan("tokens", cfg, paths)
@@ -113,10 +113,10 @@ def run(cfg: TokensConfig, paths: Paths) -> Result:
     write_table(run_dir.path / "top_tokens.parquet", top, "top_kl_tokens")
     figure = FIGURE.save((cells,), paths, run_dir.path)
     tables = {"categories": cells, "top_tokens": top}
-    return Result(run_dir, tables, figure, facts={"min_count": cfg.min_count})
+    return ExperimentResult(run_dir, tables, figure, facts={"min_count": cfg.min_count})
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     cells, top, run_dir = result.tables["categories"], result.tables["top_tokens"], result.run_dir
     min_count = result.facts["min_count"]
     grid = cells.pivot(index="category", columns="bin_start", values="mean_kl")
