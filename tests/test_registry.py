@@ -65,7 +65,7 @@ HELLO = textwrap.dedent(
         run_dir = open_run(paths.results_dir, "hello", asdict(cfg), paths.run_id)
         summary = pd.DataFrame([{"run_id": run_dir.run_id, **asdict(cfg)}])
         write_table(run_dir.path / "summary.parquet", summary, "hello_summary")
-        figure = FIGURE.save((summary,), paths, run_dir.path)
+        figure = FIGURE.save(run_dir.path, paths)
         return ExperimentResult(run_dir, {"summary": summary}, figure)
 
 

@@ -236,7 +236,7 @@ def run(cfg: AblateConfig, paths: Paths) -> ExperimentResult:
     write_table(parent.path / "ablate_evals.parquet", table, "ablate_evals")
     result = summary_table(table, trained.summary.collapsed.tolist())
     write_table(parent.path / "ablate_summary.parquet", result, "ablate_summary")
-    figure = FIGURE.save((table,), paths, parent.path)
+    figure = FIGURE.save(parent.path, paths)
     tables = {"ablate_evals": table, "ablate_summary": result, **trained.seed_tables}
     return ExperimentResult(parent, tables, figure)
 

@@ -86,7 +86,7 @@ def run(cfg: CascadeConfig, paths: Paths) -> ExperimentResult:
     summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
-    figure = FIGURE.save((bins, summary), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     return ExperimentResult(run_dir, {"bins": bins, "summary": summary}, figure)
 
 

@@ -156,7 +156,7 @@ def run(cfg: DecayConfig, paths: Paths) -> ExperimentResult:
     write_table(run_dir.path / "samples.parquet", samples, "decay_samples")
     summary = accuracy_by_prefix(samples, cfg.prefix_lengths, run_dir.run_id)
     write_table(run_dir.path / "summary.parquet", summary, "decay_summary")
-    figure = FIGURE.save((summary,), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     return ExperimentResult(run_dir, {"samples": samples, "summary": summary}, figure)
 
 

@@ -61,7 +61,7 @@ def run(cfg: PositionsConfig, paths: Paths) -> ExperimentResult:
     scan = opened.scan()
     bins = analysis.tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
-    figure = FIGURE.save((bins,), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     return ExperimentResult(run_dir, {"bins": bins}, figure)
 
 

@@ -198,7 +198,7 @@ def run(cfg: ProfileConfig, paths: Paths) -> ExperimentResult:
     write_table(run_dir.path / "steps.parquet", steps, "profile_steps")
     summary = phase_summary(steps)
     write_table(run_dir.path / "summary.parquet", summary, "profile_summary")
-    figure = FIGURE.save((summary,), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     return ExperimentResult(run_dir, {"steps": steps, "summary": summary}, figure)
 
 

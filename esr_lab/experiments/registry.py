@@ -43,26 +43,27 @@ class ExperimentResult:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure drawn from saved tables alone: `plot(*frames, paths)`, one frame per file of
+    """A figure drawn from saved tables alone: `plot(*frames, targets)`, one frame per file of
     `reads` (parquet files of the run folder, in order). A run folder is complete for the figure
-    once its first table exists."""
+    once its first table exists. `draw` and `save` both read the run folder's tables, so the
+    figure a run draws is the one `esr-lab plot` redraws."""
 
     file: str
     reads: tuple[str, ...]
     plot: Callable[..., None]
 
-    def draw(self, run_folder: Path, paths: list[Path]) -> None:
-        """Redraw from the run folder's saved tables (`esr-lab plot`)."""
-        self.plot(*(pd.read_parquet(run_folder / name) for name in self.reads), paths)
+    def draw(self, run_folder: Path, targets: list[Path]) -> None:
+        """Draw from the run folder's saved tables into the files `targets` (`esr-lab plot`)."""
+        self.plot(*(pd.read_parquet(run_folder / name) for name in self.reads), targets)
 
-    def save(self, frames: tuple[pd.DataFrame, ...], paths: Paths, run_folder: Path) -> Path:
-        """Draw as a run ends, from the frames of `reads` it just wrote, into the run folder
-        (and the figures folder, where one was asked for); returns the last copy written.
-        Committed figures change only through `plot` and `reproduce --figures-dir`."""
+    def save(self, run_folder: Path, paths: Paths) -> Path:
+        """Draw as a run ends, once it has saved the tables of `reads`, into the run folder (and
+        the figures folder, where one was asked for); returns the last copy written. Committed
+        figures change only through `plot` and `reproduce --figures-dir`."""
         targets = [run_folder / self.file]
         if paths.figures_dir is not None:
             targets.append(paths.figures_dir / self.file)
-        self.plot(*frames, targets)
+        self.draw(run_folder, targets)
         return targets[-1]
 
 

@@ -123,11 +123,11 @@ def configure(options: Options, given: Given) -> SelectConfig:
 def run(cfg: SelectConfig, paths: Paths) -> ExperimentResult:
     cfg = cfg.resolved()
     trained = train_family("select", cfg, paths)
-    parent, summary = trained.parent, trained.summary
+    parent = trained.parent
     share = top_k_loss_share(cfg, paths.show_progress)
     loss_share = pd.DataFrame([{"run_id": parent.run_id, "budget": cfg.budget, "share": share}])
     write_table(parent.path / "loss_share.parquet", loss_share, "loss_share")
-    figure = FIGURE.save((summary,), paths, parent.path)
+    figure = FIGURE.save(parent.path, paths)
     tables = {**trained_tables(trained), "loss_share": loss_share}
     return ExperimentResult(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
 

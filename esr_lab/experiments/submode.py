@@ -125,7 +125,7 @@ def run(cfg: SubmodeConfig, paths: Paths) -> ExperimentResult:
     summary = summary.assign(run_id=run_dir.run_id, rollouts=cfg.rollouts)
     summary = summary[list(SCHEMAS["submode_summary"])]
     write_table(run_dir.path / "summary.parquet", summary, "submode_summary")
-    figure = FIGURE.save((summary,), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     return ExperimentResult(
         run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction}
     )

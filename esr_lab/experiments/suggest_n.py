@@ -85,7 +85,7 @@ def run(cfg: SuggestConfig, paths: Paths) -> ExperimentResult:
         }
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
-    figure = FIGURE.save((curve, summary), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     return ExperimentResult(run_dir, {"curve": curve, "summary": summary}, figure)
 
 

@@ -101,7 +101,7 @@ def configure(options: Options, given: Given) -> SweepConfig:
 def run(cfg: SweepConfig, paths: Paths) -> ExperimentResult:
     cfg = cfg.resolved()
     trained = train_family("sweep_n", cfg, paths)
-    figure = FIGURE.save((trained.summary,), paths, trained.parent.path)
+    figure = FIGURE.save(trained.parent.path, paths)
     return ExperimentResult(trained.parent, trained_tables(trained), figure)
 
 

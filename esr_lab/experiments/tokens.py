@@ -111,7 +111,7 @@ def run(cfg: TokensConfig, paths: Paths) -> ExperimentResult:
     top = analysis.top_tokens(scan.tokens, texts, cfg.min_count, cfg.top)
     top.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "top_tokens.parquet", top, "top_kl_tokens")
-    figure = FIGURE.save((cells,), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     tables = {"categories": cells, "top_tokens": top}
     return ExperimentResult(run_dir, tables, figure, facts={"min_count": cfg.min_count})
 
