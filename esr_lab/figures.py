@@ -53,10 +53,10 @@ def _baseline(ax: plt.Axes, y: float, label: str, color: str) -> None:
 def plot_decay(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
     """Teacher accuracy when continuing from student prefixes of growing length (finding 1)."""
     curve = summary[summary.condition == "teacher_from_prefix"].sort_values("prefix_tokens")
-    teacher = summary[summary.condition == "teacher_alone"].accuracy.iloc[0] * 100
-    student = summary[summary.condition == "student_alone"].accuracy.iloc[0] * 100
+    teacher = summary[summary.condition == "teacher_alone"].avg_at_k.iloc[0] * 100
+    student = summary[summary.condition == "student_alone"].avg_at_k.iloc[0] * 100
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    x, y = curve.prefix_tokens.astype(int), curve.accuracy * 100
+    x, y = curve.prefix_tokens.astype(int), curve.avg_at_k * 100
     ax.fill_between(
         x, curve.ci_low * 100, curve.ci_high * 100, color=CURVE_COLOR, alpha=0.12, label="95% CI"
     )

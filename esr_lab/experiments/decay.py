@@ -52,7 +52,7 @@ SCHEMAS = declare(
             "run_id",
             "condition",
             "prefix_tokens",
-            "accuracy",
+            "avg_at_k",
             "ci_low",
             "ci_high",
             "n_problems",
@@ -282,7 +282,7 @@ def print_summary(result: ExperimentResult) -> None:
         {
             "condition": summary.condition.str.replace("_", " "),
             "prefix": summary.prefix_tokens,
-            "avg@k %": summary.accuracy * 100,
+            "avg@k %": summary.avg_at_k * 100,
             "95% CI": [
                 f"{lo * 100:.1f}-{hi * 100:.1f}"
                 for lo, hi in zip(summary.ci_low, summary.ci_high, strict=True)

@@ -3,7 +3,7 @@
 Reads one row per response, with the problem's id (`problem_id`, `task_id` or `id`) and the
 text (`response`, or `completion` as esr-lab's own sample tables name it); several rows per id
 are several samples (pass@k). Writes `results/grade/<run>/samples.parquet` (per-sample grades)
-and `summary.parquet` (accuracy; pass@k; name/full match for BFCL). `--protocol` picks whose
+and `summary.parquet` (avg@k; pass@k; name/full match for BFCL). `--protocol` picks whose
 grade is `correct` (chat: esr-lab's, paper: the released code's; README, Tasks); the summary
 shown has both where the responses can be read both ways.
 Command: esr-lab grade --task humaneval --responses responses.jsonl --protocol paper

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from esr_lab.figures import latest_run
-from esr_lab.records import Paths, RunDir
+from esr_lab.records import Paths, RunDir, read_table
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Figure:
 
     def draw(self, run_folder: Path, targets: list[Path]) -> None:
         """Draw from the run folder's saved tables into the files `targets` (`esr-lab plot`)."""
-        self.plot(*(pd.read_parquet(run_folder / name) for name in self.reads), targets)
+        self.plot(*(read_table(run_folder / name) for name in self.reads), targets)
 
     def save(self, run_folder: Path, paths: Paths) -> Path:
         """Draw as a run ends, once it has saved the tables of `reads`, into the run folder (and
