@@ -83,8 +83,8 @@ class SubmodeConfig(TrainedScanConfig):
 
     def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
         """Each trained student's resolved config and given checkpoint."""
-        full = replace(self.base, selector="all", n=None).resolved()
-        return {"full": (full, self.full_checkpoint), "esr": (self.esr(), self.esr_checkpoint)}
+        esr, full = self.esr(), replace(self.base, selector="all", n=None).resolved()
+        return {"full": (full, self.full_checkpoint), "esr": (esr, self.esr_checkpoint)}
 
 
 @dataclass
