@@ -43,7 +43,12 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from esr_lab.lean import fused_per_position_loss, unfused_per_position_loss  # noqa: E402
+from esr_lab.lean import (  # noqa: E402
+    HiddenStates,
+    LossSpec,
+    fused_per_position_loss,
+    unfused_per_position_loss,
+)
 from esr_lab.memory import PeakMemory, rss_mb  # noqa: E402
 from esr_lab.records import write_table  # noqa: E402
 
@@ -64,9 +69,9 @@ def inputs(args: argparse.Namespace, device: torch.device) -> dict:
 
     h_s = randn(1, args.tokens, args.hidden).requires_grad_()
     return {
-        "student_hidden_BTH": h_s,
+        "student_BTH": h_s,
         "student_head_VH": (randn(args.vocab, args.hidden) / 4).requires_grad_(args.train_head),
-        "teacher_hidden_BTH": randn(1, args.tokens, args.hidden),
+        "teacher_BTH": randn(1, args.tokens, args.hidden),
         "teacher_head_VH": randn(args.vocab, args.hidden) / 4,
         "tokens_BT": torch.randint(0, args.vocab, (1, args.tokens), generator=g, device=device),
         "weights_BT": torch.rand(1, args.tokens, generator=g, device=device),
@@ -78,19 +83,20 @@ def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     data = inputs(args, device)
     weights_BT = data.pop("weights_BT")
-    knobs = {"vocab": args.vocab, "beta": args.beta, "topk": args.topk}
+    knobs = {"beta": args.beta, "topk": args.topk}
     if args.implementation == "esr-lab" and args.chunk:
         knobs["chunk"] = args.chunk
+    spec = LossSpec(args.loss, args.vocab, **knobs)
     gc.collect()
     before = allocated_mb(device)
     with PeakMemory(device, interval_s=0.001) as peak:
         start = time.perf_counter()
-        loss_BT = IMPLEMENTATIONS[args.implementation](args.loss, **data, **knobs)
+        loss_BT = IMPLEMENTATIONS[args.implementation](spec, HiddenStates(**data))
         (loss_BT * weights_BT).sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
-    grad_h = data["student_hidden_BTH"].grad
+    grad_h = data["student_BTH"].grad
     return {
         "time_s": elapsed,
         "mb": peak.mb - before,

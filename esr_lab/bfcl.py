@@ -289,7 +289,7 @@ def grade_calls(
 
 
 def call_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    """Full match (BFCL accuracy, also `accuracy`) and name match under the chosen protocol,
+    """Full match (BFCL accuracy, also `avg_at_k`) and name match under the chosen protocol,
     per problem, and both protocols' full and name match and the paper grader's parse rate."""
     by_problem = graded.groupby("problem_id", sort=False)
     columns = {"full_match": "correct", "name_match": "name_match"}

@@ -28,7 +28,9 @@ app = typer.Typer(
 )
 
 
-def run_experiment(experiment: registry.Experiment, values: dict) -> registry.Result | None:
+def run_experiment(
+    experiment: registry.Experiment, values: dict
+) -> registry.ExperimentResult | None:
     """Configure, run and summarise `experiment` from flat option values."""
     own, given = options.split(values, experiment.options, experiment.groups)
     cfg = experiment.configure(own, given)

@@ -37,7 +37,7 @@ API (B rows, T student response positions, U teacher response positions, S share
     mask_BT = student_batch.response_mask_BT & cross.aligned_BT
 
 `shared_logits` gives the [B, T, S] pair behind the losses, for `chunked_position_stats`;
-`position_stats` is `scoring.position_stats` for such a pair. Building the spans decodes every
+`pair_position_stats` is `scoring.position_stats` for any pair. Building the spans decodes every
 prefix of a response: quadratic, about 2 ms for ESR's 100 tokens, 0.3 s for 2,048 and 0.9 s for
 3,584 (one CPU core, byte-level BPE). Rows are aligned on the CPU before the teacher's pass.
 """
@@ -67,7 +67,6 @@ from esr_lab.scoring import (
     ScoringBatch,
     build_batch,
     response_logits,
-    stats_frame,
     token_logprobs,
     vocabularies_agree,
 )
@@ -357,48 +356,23 @@ def clamped_reverse_kl(student_BTS: Tensor, teacher_BTS: Tensor, temperature: fl
 
 
 @torch.no_grad()
-def position_stats(
-    student: Policy,
-    teacher: Policy,
-    problems: Sequence[Problem],
-    responses: list[list[int]],
-    vocab: SharedVocab,
-    micro_batch: int = 8,
-) -> pd.DataFrame:
-    """`scoring.position_stats` for a pair with different tokenizers: same columns, one row per
-    aligned student token, every statistic over the shared strings."""
-    frames = []
-    for start in range(0, len(responses), micro_batch):
-        rows = range(start, min(start + micro_batch, len(responses)))
-        part = [responses[i] for i in rows]
-        s_batch = build_batch(
-            [student.prompt_ids(problems[i].problem) for i in rows],
-            part,
-            student.tokenizer.pad_token_id,
-        ).to(student.loaded.device)
-        cross = build_cross_batch(
-            student.tokenizer,
-            teacher.tokenizer,
-            [teacher.prompt_ids(problems[i].problem) for i in rows],
-            part,
-            vocab,
-        )
-        t_logits = response_logits(teacher.loaded.model, cross.teacher.to(teacher.loaded.device))
-        s_logits = response_logits(student.loaded.model, s_batch)
-        cross = cross.to(s_logits.device)
-        stats = chunked_position_stats(
-            *shared_logits(s_logits, t_logits.to(s_logits.device), cross, vocab)
-        )
-        mask_BT = s_batch.response_mask_BT & cross.aligned_BT
-        frames.append(stats_frame(stats, mask_BT, s_batch.response_ids_BT, start))
-    return pd.concat(frames, ignore_index=True)
-
-
 def pair_position_stats(
     student: Policy, teacher: Policy, problems: Sequence[Problem], responses: list[list[int]]
 ) -> pd.DataFrame:
-    """`scoring.position_stats` for any pair: through text when the tokenizers differ."""
+    """`scoring.position_stats` for any pair: through text when the tokenizers differ (same
+    columns, one row per aligned student token, every statistic over the shared strings)."""
     if vocabularies_agree(student.tokenizer, teacher.tokenizer):
         return scoring.position_stats(student, teacher, problems, responses)
     vocab = shared_vocab(student.tokenizer, teacher.tokenizer)
-    return position_stats(student, teacher, problems, responses, vocab)
+
+    def score(rows: range, part: list[list[int]], s_batch: ScoringBatch):
+        prompts = [teacher.prompt_ids(problems[i].problem) for i in rows]
+        cross = build_cross_batch(student.tokenizer, teacher.tokenizer, prompts, part, vocab)
+        t_logits = response_logits(teacher.loaded.model, cross.teacher.to(teacher.loaded.device))
+        s_logits = response_logits(student.loaded.model, s_batch)
+        cross = cross.to(s_logits.device)
+        s_logits, t_logits = shared_logits(s_logits, t_logits.to(s_logits.device), cross, vocab)
+        mask_BT = s_batch.response_mask_BT & cross.aligned_BT
+        return chunked_position_stats(s_logits, t_logits), mask_BT
+
+    return scoring.stats_by_micro_batch(student, problems, responses, score)

@@ -239,15 +239,30 @@ def _load_folder(path: Path, split: str | None) -> Any:
     """A Dataset or DatasetDict written by save_to_disk."""
     import datasets
 
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise UserError(
-            f"cannot read folder {str(path)!r} ({_reason(e)}); "
+    return _rows_or_refuse(
+        lambda: datasets.load_from_disk(str(path)),
+        str(path),
+        split,
+        lambda reason: (
+            f"cannot read folder {str(path)!r} ({reason}); "
             "pass a folder saved with save_to_disk or a .jsonl/.parquet file"
-        ) from e
+        ),
+    )
+
+
+def _rows_or_refuse(
+    load: Callable[[], Any], source: str, split: str | None, refusal: Callable[[str], str]
+) -> Any:
+    """What `load` returns (the split asked for, where it is a DatasetDict), or else a one-line
+    error: `refusal` of the first line of what went wrong."""
+    import datasets
+
+    try:
+        loaded = load()
+    except Exception as e:
+        raise UserError(refusal(_reason(e))) from e
     if isinstance(loaded, datasets.DatasetDict):
-        return _pick_split(loaded, split, str(path))
+        return _pick_split(loaded, split, source)
     return loaded
 
 
@@ -273,16 +288,15 @@ def load_hub_rows(hub_id: str, config: str | None, split: str | None) -> Any:
             ".jsonl/.parquet file or a folder saved with save_to_disk, or set "
             "HF_DATASETS_OFFLINE=1 to use a copy cached earlier"
         )
-    try:
-        loaded = datasets.load_dataset(hub_id, config, split=split)
-    except Exception as e:
-        raise UserError(
-            f"cannot load dataset {hub_id!r} from the hub ({_reason(e)}); pass a local "
+    return _rows_or_refuse(
+        lambda: datasets.load_dataset(hub_id, config, split=split),
+        hub_id,
+        split,
+        lambda reason: (
+            f"cannot load dataset {hub_id!r} from the hub ({reason}); pass a local "
             ".jsonl/.parquet file or a folder saved with save_to_disk"
-        ) from e
-    if isinstance(loaded, datasets.DatasetDict):
-        return _pick_split(loaded, split, hub_id)
-    return loaded
+        ),
+    )
 
 
 def _is_local(name: str) -> bool:

@@ -21,12 +21,17 @@ ESR_COLOR, SELECT_COLOR = "#2e7d32", "#9ecae1"
 PNG_METADATA = {"Software": None}
 
 
-def _style(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+def _style(ax: plt.Axes, title: str, xlabel: str, ylabel: str, from_origin: bool = False) -> None:
+    """Title, axis labels, a light grid, no top or right spine; `from_origin`: both axes start
+    at 0 (positions and their statistics, never negative)."""
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, linestyle=":", alpha=0.5)
     ax.spines[["top", "right"]].set_visible(False)
+    if from_origin:
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
 
 
 def _save(fig: plt.Figure, paths: list[Path]) -> None:
@@ -36,27 +41,24 @@ def _save(fig: plt.Figure, paths: list[Path]) -> None:
     plt.close(fig)
 
 
+def _label(ax: plt.Axes, text: str, xy: tuple, offset: tuple[int, int], **style) -> None:
+    """`text` written `offset` points away from the point `xy` (a value beside its mark)."""
+    ax.annotate(text, xy, xytext=offset, textcoords="offset points", **style)
+
+
 def _baseline(ax: plt.Axes, y: float, label: str, color: str) -> None:
     ax.axhline(y, linestyle="--", color=color, linewidth=1.5)
-    ax.annotate(
-        f"{label} ({y:.2f})",
-        xy=(1.0, y),
-        xycoords=("axes fraction", "data"),
-        xytext=(-4, 4),
-        textcoords="offset points",
-        ha="right",
-        color=color,
-        fontsize=9,
-    )
+    at_right = {"xycoords": ("axes fraction", "data"), "ha": "right", "color": color}
+    _label(ax, f"{label} ({y:.2f})", (1.0, y), (-4, 4), fontsize=9, **at_right)
 
 
 def plot_decay(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
     """Teacher accuracy when continuing from student prefixes of growing length (finding 1)."""
     curve = summary[summary.condition == "teacher_from_prefix"].sort_values("prefix_tokens")
-    teacher = summary[summary.condition == "teacher_alone"].accuracy.iloc[0] * 100
-    student = summary[summary.condition == "student_alone"].accuracy.iloc[0] * 100
+    teacher = summary[summary.condition == "teacher_alone"].avg_at_k.iloc[0] * 100
+    student = summary[summary.condition == "student_alone"].avg_at_k.iloc[0] * 100
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    x, y = curve.prefix_tokens.astype(int), curve.accuracy * 100
+    x, y = curve.prefix_tokens.astype(int), curve.avg_at_k * 100
     ax.fill_between(
         x, curve.ci_low * 100, curve.ci_high * 100, color=CURVE_COLOR, alpha=0.12, label="95% CI"
     )
@@ -70,16 +72,8 @@ def plot_decay(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k
         label="teacher continuing from student prefix",
     )
     for xi, yi in zip(x, y, strict=True):
-        ax.annotate(
-            f"{yi:.2f}",
-            (xi, yi),
-            xytext=(0, 8),
-            textcoords="offset points",
-            ha="center",
-            color=CURVE_COLOR,
-            fontweight="bold",
-            fontsize=9,
-        )
+        style = {"ha": "center", "color": CURVE_COLOR, "fontweight": "bold", "fontsize": 9}
+        _label(ax, f"{yi:.2f}", (xi, yi), (0, 8), **style)
     _baseline(ax, teacher, "teacher baseline", TEACHER_COLOR)
     _baseline(ax, student, "student baseline", STUDENT_COLOR)
     _style(
@@ -112,7 +106,7 @@ def plot_sweep_n(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg
     ax.plot(xs[1:], ys[1:], "o", color=ESR_COLOR, markersize=9, label="ESR (best across steps)")
     ax.plot([0], [base], "o", color=STUDENT_COLOR, markersize=9)
     for x, y in zip(xs, ys, strict=True):
-        ax.annotate(f"{y:.1f}", (x, y), xytext=(0, 8), textcoords="offset points", ha="center")
+        _label(ax, f"{y:.1f}", (x, y), (0, 8), ha="center")
     if per_seed is not None:
         points = per_seed.label.map(dict(zip(esr.label, xs[1:], strict=True)))  # NaN: not ESR
         seeds = per_seed.best_avg_at_k * 100
@@ -150,14 +144,7 @@ def plot_select(summary: pd.DataFrame, paths: list[Path], benchmark: str = "avg@
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(ordered) + 1.5))
     ax.barh(ordered.label, ordered.best_avg_at_k * 100, color=colors)
     for y, value in enumerate(ordered.best_avg_at_k * 100):
-        ax.annotate(
-            f"{value:.1f}",
-            (value, y),
-            xytext=(4, 0),
-            textcoords="offset points",
-            va="center",
-            fontsize=9,
-        )
+        _label(ax, f"{value:.1f}", (value, y), (4, 0), va="center", fontsize=9)
     if per_seed is not None:
         rows = per_seed.label.map({label: y for y, label in enumerate(ordered.label)})
         ax.plot(per_seed.best_avg_at_k * 100, rows, "k.", alpha=0.6, label="seeds")
@@ -278,14 +265,7 @@ def plot_profile(summary: pd.DataFrame, paths: list[Path]) -> None:
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     for x, (lab, total) in enumerate(zip(labels, bottom, strict=True)):
         ratio = cell.loc[(lab, "total"), "time_ratio"]
-        ax_t.annotate(
-            f"{total:.2f} s ({ratio:.2f}x)",
-            (x, total),
-            xytext=(0, 4),
-            textcoords="offset points",
-            ha="center",
-            fontsize=9,
-        )
+        _label(ax_t, f"{total:.2f} s ({ratio:.2f}x)", (x, total), (0, 4), ha="center", fontsize=9)
     _style(ax_t, "Wall time per step (median)", "", "seconds")
     ax_t.legend(loc="upper left")
     width = 0.8 / len(labels)
@@ -330,14 +310,8 @@ def plot_positions(bins: pd.DataFrame, paths: list[Path]) -> None:
     kl_ax.set_ylabel("reverse KL (nats)", color=KL_COLOR)
     kl_ax.tick_params(axis="y", colors=KL_COLOR)
     kl_ax.set_ylim(bottom=0)
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    _style(
-        ax,
-        "Per-position signal of student rollouts",
-        "token position in response",
-        "entropy (nats)",
-    )
+    title = "Per-position signal of student rollouts"
+    _style(ax, title, "token position in response", "entropy (nats)", from_origin=True)
     handles = ax.get_legend_handles_labels()[0] + kl_ax.get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -369,14 +343,8 @@ def plot_cascade(bins: pd.DataFrame, summary: pd.DataFrame, paths: list[Path]) -
             color="#2459d8",
             fontweight="bold",
         )
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    _style(
-        ax,
-        "Per-position KL to the teacher before and after ESR (cascade)",
-        "token position",
-        "mean per-position reverse KL",
-    )
+    title = "Per-position KL to the teacher before and after ESR (cascade)"
+    _style(ax, title, "token position", "mean per-position reverse KL", from_origin=True)
     fig.legend(loc="lower center", ncol=2, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     _save(fig, paths)

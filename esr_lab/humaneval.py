@@ -183,10 +183,10 @@ def grade_code(
 
 
 def code_metrics(graded: pd.DataFrame) -> dict[str, float]:
-    """pass@1 (mean share correct per problem) under each protocol's reading of the responses."""
+    """avg@k (mean share correct per problem) under each protocol's reading of the responses."""
     by_problem = graded.groupby("problem_id", sort=False)
     return {
-        f"accuracy_{way}": float(by_problem[f"correct_{way}"].mean().mean())
+        f"avg_at_k_{way}": float(by_problem[f"correct_{way}"].mean().mean())
         for way in PROTOCOLS
         if f"correct_{way}" in graded
     }

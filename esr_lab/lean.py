@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -200,104 +201,94 @@ class _FusedLoss(torch.autograd.Function):
         return grad_h_NH, grad_W_VH, None, None, None, None
 
 
-def fused_per_position_loss(
-    name: str,
-    student_hidden_BTH: Tensor,
-    student_head_VH: Tensor,
-    teacher_hidden_BTH: Tensor,
-    teacher_head_VH: Tensor,
-    tokens_BT: Tensor | None = None,
-    *,
-    vocab: int,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    topk: int = 32,
-    chunk: int = 32,
-    power_alpha: float = 5.0,
-) -> Tensor:
-    """`divergences.per_position_loss(name, ...)` [B, T] from final hidden states and heads.
+class HiddenStates(NamedTuple):
+    """Both models' final hidden states [B, T, H] and lm_head weights [V, H]
+    (`model.get_output_embeddings().weight`): their logits, never held whole; and the sampled
+    ids [B, T] where the loss needs them (all < the compared vocabulary)."""
 
-    The heads are lm_head weights [V, H] (`model.get_output_embeddings().weight`); only their
-    first `vocab` ids are compared, as the trainer slices logits[..., :vocab]. Gradient flows
-    to the student's hidden states and, if it requires one, its head; never to the teacher.
-    The SAMPLED_LOSSES need `tokens_BT` (the sampled ids, all < vocab) and use log-probs at
-    `temperature`. Memory scales with `chunk` positions x `vocab` ids per block; 32 keeps a
-    block at 1/32 of a 1,024-position logits tensor (Liger picks blocks of this order too).
+    student_BTH: Tensor
+    student_head_VH: Tensor
+    teacher_BTH: Tensor
+    teacher_head_VH: Tensor
+    tokens_BT: Tensor | None = None
+
+    def rows(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Student and teacher hidden states [B*T, H] and the ids [B*T], on the student's
+        device: one row per position, as the blocks walk them."""
+        B, T, _ = self.student_BTH.shape
+        tokens_BT = self.tokens_BT
+        tokens_N = None if tokens_BT is None else tokens_BT.reshape(B * T)
+        return (
+            self.student_BTH.reshape(B * T, -1),
+            self.teacher_BTH.reshape(B * T, -1),
+            None if tokens_N is None else tokens_N.to(self.student_BTH.device),
+        )
+
+
+def fused_per_position_loss(spec: LossSpec, states: HiddenStates) -> Tensor:
+    """`divergences.per_position_loss(spec.name, ...)` [B, T] from final hidden states and heads.
+
+    Only the heads' first `spec.vocab` ids are compared, as the trainer slices
+    logits[..., :vocab]. Gradient flows to the student's hidden states and, if it requires one,
+    its head; never to the teacher. The SAMPLED_LOSSES need the sampled ids and use log-probs at
+    `spec.temperature`. Memory scales with `spec.chunk` positions x `vocab` ids per block; 32
+    keeps a block at 1/32 of a 1,024-position logits tensor (Liger picks blocks of this order
+    too).
     """
     # Fused linear + loss, blockwise: Liger-Kernel's fused linear JSD; cut-cross-entropy.
-    spec = LossSpec(name, vocab, temperature, beta, topk, chunk, power_alpha)
     spec.check()
-    if name in SAMPLED_LOSSES and tokens_BT is None:
-        raise ValueError(f"loss {name!r} needs tokens_BT")
-    B, T, _ = student_hidden_BTH.shape
+    if spec.name in SAMPLED_LOSSES and states.tokens_BT is None:
+        raise ValueError(f"loss {spec.name!r} needs tokens_BT")
+    h_s_NH, h_t_NH, tokens_N = states.rows()
     loss_N = _FusedLoss.apply(
-        student_hidden_BTH.reshape(B * T, -1),
-        student_head_VH,
-        teacher_hidden_BTH.reshape(B * T, -1).detach(),
-        teacher_head_VH.detach(),
-        None if tokens_BT is None else tokens_BT.reshape(B * T).to(student_hidden_BTH.device),
+        h_s_NH,
+        states.student_head_VH,
+        h_t_NH.detach(),
+        states.teacher_head_VH.detach(),
+        tokens_N,
         spec,
     )
-    return loss_N.reshape(B, T)
+    return loss_N.reshape(states.student_BTH.shape[:2])
 
 
 @torch.no_grad()
 def hidden_position_stats(
-    student_hidden_BTH: Tensor,
-    student_head_VH: Tensor,
-    teacher_hidden_BTH: Tensor,
-    teacher_head_VH: Tensor,
-    tokens_BT: Tensor | None = None,
-    *,
-    vocab: int,
-    chunk: int = 32,
+    states: HiddenStates, *, vocab: int, chunk: int = 32
 ) -> dict[str, Tensor]:
     """`divergences.chunked_position_stats` [B, T] from hidden states, one block of logits at a
     time: what score-based selectors read, without the full logits the fused loss avoids."""
-    B, T, _ = student_hidden_BTH.shape
-    h_s_NH, h_t_NH = student_hidden_BTH.reshape(B * T, -1), teacher_hidden_BTH.reshape(B * T, -1)
-    tokens_N = None if tokens_BT is None else tokens_BT.reshape(B * T).to(h_s_NH.device)
+    h_s_NH, h_t_NH, tokens_N = states.rows()
     parts = []
-    for rows in _row_blocks(B * T, chunk):
-        z_s_1CV = (h_s_NH[rows] @ student_head_VH[:vocab].T)[None]
-        z_t_1CV = (h_t_NH[rows] @ teacher_head_VH[:vocab].T)[None].to(z_s_1CV.device)
+    for rows in _row_blocks(h_s_NH.shape[0], chunk):
+        z_s_1CV = (h_s_NH[rows] @ states.student_head_VH[:vocab].T)[None]
+        z_t_1CV = (h_t_NH[rows] @ states.teacher_head_VH[:vocab].T)[None].to(z_s_1CV.device)
         tokens_1C = None if tokens_N is None else tokens_N[None, rows]
         parts.append(chunked_position_stats(z_s_1CV, z_t_1CV, chunk=chunk, tokens_BT=tokens_1C))
-    return {key: torch.cat([p[key][0] for p in parts]).reshape(B, T) for key in parts[0]}
+    shape = states.student_BTH.shape[:2]
+    return {key: torch.cat([p[key][0] for p in parts]).reshape(shape) for key in parts[0]}
 
 
-def unfused_per_position_loss(
-    name: str,
-    student_hidden_BTH: Tensor,
-    student_head_VH: Tensor,
-    teacher_hidden_BTH: Tensor,
-    teacher_head_VH: Tensor,
-    tokens_BT: Tensor | None = None,
-    *,
-    vocab: int,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    topk: int = 32,
-    power_alpha: float = 5.0,
-) -> Tensor:
-    """The same loss through full [B, T, vocab] logits under plain autograd.
+def unfused_per_position_loss(spec: LossSpec, states: HiddenStates) -> Tensor:
+    """The same loss through full [B, T, vocab] logits under plain autograd (`spec.chunk`
+    unused).
 
     The reference that `fused_per_position_loss` is tested and benchmarked against.
     """
-    s_BTV = (student_hidden_BTH @ student_head_VH.T)[..., :vocab]
+    vocab, temperature = spec.vocab, spec.temperature
+    s_BTV = (states.student_BTH @ states.student_head_VH.T)[..., :vocab]
     with torch.no_grad():
-        t_BTV = (teacher_hidden_BTH @ teacher_head_VH.T)[..., :vocab]
+        t_BTV = (states.teacher_BTH @ states.teacher_head_VH.T)[..., :vocab]
     logp = {}
-    if name in SAMPLED_LOSSES:  # float64 stays float64 here, unlike scoring.token_logprobs
+    if spec.name in SAMPLED_LOSSES:  # float64 stays float64 here, unlike scoring.token_logprobs
         logp = {
             f"{side}_logp_BT": F.log_softmax(z_BTV.to(_loss_dtype(z_BTV)) / temperature, -1)
-            .gather(-1, tokens_BT[..., None])
+            .gather(-1, states.tokens_BT[..., None])
             .squeeze(-1)
             for side, z_BTV in (("student", s_BTV), ("teacher", t_BTV))
         }
     return per_position_loss(
-        name, s_BTV, t_BTV, temperature=temperature, beta=beta, topk=topk,
-        power_alpha=power_alpha, **logp,
+        spec.name, s_BTV, t_BTV, temperature=temperature, beta=spec.beta, topk=spec.topk,
+        power_alpha=spec.power_alpha, **logp,
     )  # fmt: skip
 
 

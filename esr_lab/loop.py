@@ -115,7 +115,7 @@ def is_eval_step(cfg: TrainConfig, step: int) -> bool:
     return step == 0 or step % cfg.eval_every == 0 or step == cfg.steps
 
 
-class RunResult(NamedTuple):
+class TrainingRun(NamedTuple):
     """What a training run leaves: its folder, its summary row and its evaluations (the
     train_evals table written to evals.parquet; empty on the non-main processes of a
     distributed run)."""
@@ -131,7 +131,7 @@ def run(
     run_id: str | None = None,
     show_progress: bool = True,
     experiment: str = "train",
-) -> RunResult:
+) -> TrainingRun:
     """Train (or resume) one run; returns its run folder, its summary row and its evaluations.
 
     A named run is trained under a file lock, so two experiments running side by side that
@@ -151,7 +151,7 @@ def run(
         return _run(cfg, results_dir, run_id, show_progress and group.is_main, experiment)
 
 
-def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
+def _run(cfg, results_dir, run_id, show_progress, experiment) -> TrainingRun:
     group = distributed.group()
     finished = Path(results_dir) / experiment / str(run_id) / "summary.parquet"
     if group.on_main(lambda: run_id is not None and finished.is_file()):
@@ -160,7 +160,7 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
         # said even when quiet: a run another command, worker or machine trained is reused
         console.print(f"reused finished run {run_dir.path}")
         evals = pd.read_parquet(run_dir.path / "evals.parquet")
-        return RunResult(run_dir, pd.read_parquet(finished), evals)
+        return TrainingRun(run_dir, pd.read_parquet(finished), evals)
     config = train.config_dict(cfg)
     if run_id is not None:  # a run id taken by other settings is refused before models load
         group.on_main(lambda: existing_run(results_dir, experiment, config, run_id))
@@ -183,7 +183,7 @@ def _run(cfg, results_dir, run_id, show_progress, experiment) -> RunResult:
     summary = run_summary(pd.DataFrame(evals), cfg, run_dir.run_id)
     group.on_main(lambda: write_table(run_dir.path / "summary.parquet", summary, "train_summary"))
     table = _frame(evals, run_dir, "train_evals") if group.is_main else pd.DataFrame()
-    return RunResult(run_dir, summary, table)
+    return TrainingRun(run_dir, summary, table)
 
 
 def _evaluate(trainer, run_dir, step, evals, samples) -> pd.DataFrame:
@@ -226,6 +226,6 @@ def variant_run_id(cfg: TrainConfig) -> str:
     return f"{resolved.label}-{config_hash(with_input_hashes(train.config_dict(resolved)))}"
 
 
-def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool) -> RunResult:
+def train_variant(cfg: TrainConfig, results_dir: Path, show_progress: bool) -> TrainingRun:
     """Train `cfg` under its content-addressed run id, or reuse/resume the run that has it."""
     return run(cfg, results_dir, variant_run_id(cfg), show_progress, "runs")

@@ -398,6 +398,11 @@ GROUPS: dict[type, str] = {
     TrainOptions: "train",
     SeedOptions: "replicates",
 }
+# The groups each kind of command takes: one that samples without training (a scan, an
+# evaluation), one that also trains, and one that trains every variant once per seed of --seeds.
+SAMPLING_GROUPS = (ModelOptions, SamplingOptions, RunOptions)
+TRAINING_GROUPS = (*SAMPLING_GROUPS, TrainOptions)
+SEEDED_TRAINING_GROUPS = (*TRAINING_GROUPS, SeedOptions)
 
 
 def parameters(option_classes) -> list[inspect.Parameter]:

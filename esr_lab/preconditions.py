@@ -29,6 +29,7 @@ import pandas as pd
 
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.data import load_problems
+from esr_lab.records import read_table
 from esr_lab.seeding import row_seed
 
 SAMPLES = 200  # held-out test problems, one sample each, at the worlds' T = 0.7
@@ -70,27 +71,27 @@ def late_signal(results: Path, window: int) -> dict[str, float]:
     """(b) and (c) from a world's committed reproduction: teacher entropy inside and past the
     window on the untrained student's rollouts, the share of tokens past it, and the teacher's
     accuracy from the shortest and longest student prefixes that decay tried."""
-    bins = pd.read_parquet(next(results.glob("positions/*/bins.parquet")))
+    bins = read_table(next(results.glob("positions/*/bins.parquet")))
     bins = bins[bins.model == "base"]
     inside, past = bins[bins.bin_start < window], bins[bins.bin_start >= window]
 
     def weighted(frame: pd.DataFrame, column: str) -> float:
         return float((frame[column] * frame.tokens).sum() / frame.tokens.sum())
 
-    decay = pd.read_parquet(next(results.glob("decay/*/summary.parquet")))
+    decay = read_table(next(results.glob("decay/*/summary.parquet")))
     prefixes = decay[(decay.condition == "teacher_from_prefix") & (decay.prefix_tokens > 0)]
     shortest = prefixes.loc[prefixes.prefix_tokens.idxmin()]
     longest = prefixes.loc[prefixes.prefix_tokens.idxmax()]
-    alone = decay[decay.condition == "teacher_alone"].accuracy.iloc[0]
+    alone = decay[decay.condition == "teacher_alone"].avg_at_k.iloc[0]
     return {
         "window": window,
         "past_window_share": float(past.tokens.sum() / bins.tokens.sum()),
         "teacher_entropy_in_window": weighted(inside, "teacher_entropy"),
         "teacher_entropy_past_window": weighted(past, "teacher_entropy"),
         "teacher_alone_avg": float(alone),
-        "teacher_from_shortest_prefix_avg": float(shortest.accuracy),
+        "teacher_from_shortest_prefix_avg": float(shortest.avg_at_k),
         "shortest_prefix_tokens": int(shortest.prefix_tokens),
-        "teacher_from_longest_prefix_avg": float(longest.accuracy),
+        "teacher_from_longest_prefix_avg": float(longest.avg_at_k),
         "longest_prefix_tokens": int(longest.prefix_tokens),
     }
 

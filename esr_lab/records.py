@@ -134,16 +134,15 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "task",
         "dataset",
         "protocol",
-        "accuracy",
-        "pass_at_1",
+        "avg_at_k",
         "k",
         "pass_at_k",
         "maj_at_k",
-        "relaxed_accuracy",
+        "relaxed_avg_at_k",
         "name_match",
         "full_match",
-        "accuracy_chat",
-        "accuracy_paper",
+        "avg_at_k_chat",
+        "avg_at_k_paper",
         "full_match_chat",
         "full_match_paper",
         "name_match_chat",
@@ -294,6 +293,22 @@ def write_table(path: Path, frame: pd.DataFrame, schema: str) -> None:
     if tuple(frame.columns) != expected:
         raise ValueError(f"{schema} columns {tuple(frame.columns)} != declared {expected}")
     atomic_write_bytes(path, frame.to_parquet(index=False))
+
+
+# One name per metric in every table (avg@k is `avg_at_k`, as in the training tables). Tables
+# written before the metric columns took those names (decay's and grade's `accuracy`, ...) are
+# read under them by `read_table`, so older run folders, committed ones among them, still plot.
+RENAMED_COLUMNS = {
+    "accuracy": "avg_at_k",
+    "relaxed_accuracy": "relaxed_avg_at_k",
+    "accuracy_chat": "avg_at_k_chat",
+    "accuracy_paper": "avg_at_k_paper",
+}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A saved table, its metric columns under today's names (RENAMED_COLUMNS)."""
+    return pd.read_parquet(path).rename(columns=RENAMED_COLUMNS)
 
 
 def _file_sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ memory of a scoring pass).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -121,11 +121,7 @@ def shared_vocab_size(student_tokenizer, teacher_tokenizer) -> int:
 
 @torch.no_grad()
 def position_stats(
-    student: Policy,
-    teacher: Policy,
-    problems: Sequence[Problem],
-    responses: list[list[int]],
-    micro_batch: int = 8,
+    student: Policy, teacher: Policy, problems: Sequence[Problem], responses: list[list[int]]
 ) -> pd.DataFrame:
     """Per-position statistics of given student responses, long format: one row per token.
 
@@ -134,24 +130,43 @@ def position_stats(
     prompt of `responses[i]`; each model reads it in its own template.
     """
     shared = shared_vocab_size(student.tokenizer, teacher.tokenizer)
+
+    def score(rows: range, part: list[list[int]], s_batch: ScoringBatch):
+        t_batch = policy_batch(teacher, problems, rows, part)
+        s_logits = response_logits(student.loaded.model, s_batch)[..., :shared]
+        t_logits = response_logits(teacher.loaded.model, t_batch)[..., :shared]
+        stats = chunked_position_stats(s_logits, t_logits.to(s_logits.device))
+        return stats, s_batch.response_mask_BT & (s_batch.response_ids_BT < shared)
+
+    return stats_by_micro_batch(student, problems, responses, score)
+
+
+def stats_by_micro_batch(
+    student: Policy,
+    problems: Sequence[Problem],
+    responses: list[list[int]],
+    score: Callable[[range, list[list[int]], ScoringBatch], tuple[dict, torch.Tensor]],
+    micro_batch: int = 8,
+) -> pd.DataFrame:
+    """Position statistics of student responses, `micro_batch` at a time, as long rows:
+    `score(rows, their responses, the student's batch)` gives a micro-batch's statistics and
+    the positions that have them (the teacher's side is the scorer's own)."""
     frames = []
     for start in range(0, len(responses), micro_batch):
         rows = range(start, min(start + micro_batch, len(responses)))
         part = [responses[i] for i in rows]
-        s_batch, t_batch = (
-            build_batch(
-                [side.prompt_ids(problems[i].problem) for i in rows],
-                part,
-                side.tokenizer.pad_token_id,
-            ).to(side.loaded.device)
-            for side in (student, teacher)
-        )
-        s_logits = response_logits(student.loaded.model, s_batch)[..., :shared]
-        t_logits = response_logits(teacher.loaded.model, t_batch)[..., :shared]
-        stats = chunked_position_stats(s_logits, t_logits.to(s_logits.device))
-        mask = s_batch.response_mask_BT & (s_batch.response_ids_BT < shared)
-        frames.append(stats_frame(stats, mask, s_batch.response_ids_BT, start))
+        s_batch = policy_batch(student, problems, rows, part)
+        stats, mask_BT = score(rows, part, s_batch)
+        frames.append(stats_frame(stats, mask_BT, s_batch.response_ids_BT, start))
     return pd.concat(frames, ignore_index=True)
+
+
+def policy_batch(
+    policy: Policy, problems: Sequence[Problem], rows: range, responses: list[list[int]]
+) -> ScoringBatch:
+    """`responses` after `policy`'s own prompts of `problems[rows]`, on its device."""
+    prompts = [policy.prompt_ids(problems[i].problem) for i in rows]
+    return build_batch(prompts, responses, policy.tokenizer.pad_token_id).to(policy.loaded.device)
 
 
 def stats_frame(

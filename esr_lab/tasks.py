@@ -92,7 +92,7 @@ def _math_metrics(graded: pd.DataFrame) -> dict[str, float]:
     by_problem = graded.groupby("problem_id", sort=False)
     return {
         "maj_at_k": float(by_problem.apply(majority_correct, include_groups=False).mean()),
-        "relaxed_accuracy": float(by_problem.correct_relaxed.mean().mean()),
+        "relaxed_avg_at_k": float(by_problem.correct_relaxed.mean().mean()),
     }
 
 
@@ -211,13 +211,11 @@ def grade_samples(
 
 
 def metrics(task: str, graded: pd.DataFrame) -> dict[str, float]:
-    """accuracy (mean over problems of the share correct: pass@1, avg@k), pass@k for k = the
+    """avg@k (mean over problems of the share correct; pass@1 where k is 1), pass@k for k = the
     fewest samples any problem has, counts, and the task's own metrics."""
     counts = graded.groupby("problem_id", sort=False).correct.size()
-    accuracy = mean_pass_at_k(graded, 1)
     return {
-        "accuracy": accuracy,
-        "pass_at_1": accuracy,
+        "avg_at_k": mean_pass_at_k(graded, 1),
         "k": float(counts.min()),
         "pass_at_k": mean_pass_at_k(graded),
         "n_problems": float(len(counts)),
@@ -253,13 +251,14 @@ def print_summary(summary: pd.DataFrame, run_dir: RunDir) -> None:
     row = summary.iloc[0]
     shown = {"task": row.task, "dataset": Path(str(row.dataset)).name}
     shown |= {"protocol": row.protocol} if "protocol" in row else {}
-    names = {"accuracy": "accuracy %", "name_match": "name match %", "full_match": "full match %"}
+    k = int(row.k)
+    names = {"avg_at_k": f"avg@{k} %", "name_match": "name match %", "full_match": "full match %"}
     # Both protocols' grades of the same responses, where the task has two.
-    names |= {f"accuracy_{p}": f"pass@1 {p} %" for p in PROTOCOLS}
+    names |= {f"avg_at_k_{p}": f"avg@{k} {p} %" for p in PROTOCOLS}
     names |= {f"full_match_{p}": f"full match {p} %" for p in PROTOCOLS}
     names |= {"parse_rate_paper": "JSON parsed %"}
-    if row.k > 1:
-        names |= {"pass_at_k": f"pass@{int(row.k)} %", "maj_at_k": f"maj@{int(row.k)} %"}
+    if k > 1:
+        names |= {"pass_at_k": f"pass@{k} %", "maj_at_k": f"maj@{k} %"}
     shown |= {
         label: row[key] * 100 for key, label in names.items() if key in row and pd.notna(row[key])
     }

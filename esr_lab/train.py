@@ -544,18 +544,20 @@ def student_outputs(trainer: Trainer, s_batch: ScoringBatch) -> torch.Tensor:
     return response_logits(trainer.model, s_batch)[..., : trainer.shared_vocab]
 
 
-def _heads(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(m.get_output_embeddings().weight for m in (trainer.model, trainer.teacher_model))
+def _hidden_states(trainer: Trainer, s_out, t_out, tokens_BT=None) -> lean.HiddenStates:
+    """Both models' final hidden states beside their heads, for the fused losses."""
+    s_head, t_head = (
+        m.get_output_embeddings().weight for m in (trainer.model, trainer.teacher_model)
+    )
+    return lean.HiddenStates(s_out, s_head, t_out, t_head, tokens_BT)
 
 
 def pair_stats(trainer: Trainer, s_out, t_out, t_batch, tokens_BT) -> dict[str, torch.Tensor]:
     """Per-position statistics (reverse KL, entropies, ...) over the vocabulary both share;
     with one vocabulary, also the sampled tokens' log-probs (`tokens_BT`)."""
     if trainer.fused:
-        s_head, t_head = _heads(trainer)
-        return lean.hidden_position_stats(
-            s_out, s_head, t_out, t_head, tokens_BT, vocab=trainer.shared_vocab
-        )
+        states = _hidden_states(trainer, s_out, t_out, tokens_BT)
+        return lean.hidden_position_stats(states, vocab=trainer.shared_vocab)
     if isinstance(t_batch, crosstok.CrossBatch):
         s_out, t_out = crosstok.shared_logits(s_out, t_out, t_batch, trainer.cross_vocab)
         return divergences.chunked_position_stats(s_out, t_out)
@@ -568,13 +570,14 @@ def pair_loss(trainer: Trainer, s_out, t_out, t_batch, tokens_BT, loss=None) -> 
     cfg = trainer.cfg
     loss = loss or cfg.loss
     if trainer.fused:
-        s_head, t_head = _heads(trainer)
         sampled = loss in SAMPLED_LOSSES  # on-policy: at the sampling temperature
-        return lean.fused_per_position_loss(
-            loss, s_out, s_head, t_out, t_head, tokens_BT, vocab=trainer.shared_vocab,
+        spec = lean.LossSpec(
+            loss, trainer.shared_vocab,
             temperature=cfg.sampling.temperature if sampled else cfg.loss_temperature,
             beta=cfg.jsd_beta, topk=cfg.topk, power_alpha=cfg.power_alpha,
         )  # fmt: skip
+        states = _hidden_states(trainer, s_out, t_out, tokens_BT)
+        return lean.fused_per_position_loss(spec, states)
     if not isinstance(t_batch, crosstok.CrossBatch):
         return per_position_loss(trainer, s_out, t_out, tokens_BT, loss)
     return crosstok.cross_position_loss(

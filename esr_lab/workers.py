@@ -22,11 +22,11 @@ from esr_lab.console import console
 from esr_lab.records import Paths
 
 if TYPE_CHECKING:
-    from esr_lab.loop import RunResult
+    from esr_lab.loop import TrainingRun
     from esr_lab.train_config import TrainConfig
 
 
-def train_all(experiment: str, runs: Sequence[TrainConfig], paths: Paths) -> list[RunResult]:
+def train_all(experiment: str, runs: Sequence[TrainConfig], paths: Paths) -> list[TrainingRun]:
     """Train (or reuse) every run, `paths.jobs` at a time; results in the order of `runs`."""
     from esr_lab.loop import train_variant
 
@@ -39,7 +39,7 @@ def train_all(experiment: str, runs: Sequence[TrainConfig], paths: Paths) -> lis
     return _in_workers(experiment, runs, paths)
 
 
-def _in_workers(experiment: str, runs: Sequence[TrainConfig], paths: Paths) -> list[RunResult]:
+def _in_workers(experiment: str, runs: Sequence[TrainConfig], paths: Paths) -> list[TrainingRun]:
     import multiprocessing
 
     jobs = min(paths.jobs, len(runs))
@@ -89,7 +89,7 @@ def _start_worker(slots, threads: int, gpus: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_one(run: TrainConfig, results_dir) -> RunResult:
+def _train_one(run: TrainConfig, results_dir) -> TrainingRun:
     from esr_lab.loop import train_variant
 
     return train_variant(run, results_dir, show_progress=False)

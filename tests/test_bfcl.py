@@ -85,7 +85,7 @@ def test_ground_truth_calls_grade_as_full_matches(problems):
     result = metrics("bfcl", graded)
     # One miss is the data's own: simple_python_200 lists fuel_efficiency as required but "" first.
     assert result["full_match"] >= 0.99 and result["name_match"] == 1.0
-    assert result["accuracy"] == result["full_match"]
+    assert result["avg_at_k"] == result["full_match"]
 
 
 def test_ground_truths_fail_on_the_wrong_problem(problems):

@@ -18,7 +18,7 @@ from esr_lab.crosstok import (
     build_cross_batch,
     char_spans,
     cross_position_loss,
-    position_stats,
+    pair_position_stats,
     shared_vocab,
 )
 from esr_lab.data import Problem
@@ -337,10 +337,9 @@ def test_cross_loss_reads_the_aligned_teacher_column_over_shared_strings(
 def test_position_stats_for_a_cross_tokenizer_pair(llama_model_dir, bpe_model_dir) -> None:
     pair = ModelPair(str(llama_model_dir), str(bpe_model_dir), device="cpu", dtype="float32")
     student, teacher = (load_policy(name, pair) for name in (pair.student, pair.teacher))
-    vocab = shared_vocab(student.tokenizer, teacher.tokenizer)
     problems = [Problem(id="p0", problem="What is 12 + 21?", answer="33")]
     responses = [_ids(student.tokenizer, TEXT)]
-    stats = position_stats(student, teacher, problems, responses, vocab)
+    stats = pair_position_stats(student, teacher, problems, responses)
     assert stats["position"].tolist() == list(range(len(responses[0])))
     assert stats["token_id"].tolist() == responses[0]
     assert (stats["reverse_kl"] >= -1e-6).all() and stats["reverse_kl"].notna().all()

@@ -49,8 +49,8 @@ def test_decay_end_to_end_on_the_micro_world(tmp_path):
     assert (prefixed.completion_tokens >= 20).all()
     curve = ["teacher_from_prefix"] * 3
     assert list(summary.condition) == ["teacher_alone", "student_alone", *curve]
-    assert summary.iloc[0].accuracy == summary.iloc[2].accuracy  # the curve starts at the teacher
-    assert ((summary.ci_low <= summary.accuracy) & (summary.accuracy <= summary.ci_high)).all()
+    assert summary.iloc[0].avg_at_k == summary.iloc[2].avg_at_k  # the curve starts at the teacher
+    assert ((summary.ci_low <= summary.avg_at_k) & (summary.avg_at_k <= summary.ci_high)).all()
     assert (summary.n_problems == 6).all()
 
 

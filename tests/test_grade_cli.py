@@ -44,8 +44,8 @@ def test_grade_humaneval_with_samples(monkeypatch, capsys, tmp_path):
     assert tuple(summary.columns) == SCHEMAS["grade_summary"]
     row = summary.iloc[0]
     assert samples.correct.sum() == 4 and row.k == 2 and row.pass_at_k == 1.0
-    assert row.accuracy == pytest.approx((0.5 + 0.5 + 1.0) / 3)
-    assert "pass@2 %" in out and "66.67" in out
+    assert row.avg_at_k == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert "avg@2 %" in out and "pass@2 %" in out and "66.67" in out
 
 
 def test_grade_all_canonical_solutions(monkeypatch, capsys, tmp_path):
@@ -58,7 +58,7 @@ def test_grade_all_canonical_solutions(monkeypatch, capsys, tmp_path):
     )
     assert code == 0, err
     samples, summary = _tables(tmp_path, "grade")
-    assert len(samples) == 164 and summary.iloc[0].accuracy >= 0.99
+    assert len(samples) == 164 and summary.iloc[0].avg_at_k >= 0.99
     assert time.monotonic() - start < 60
 
 
@@ -90,7 +90,7 @@ def test_grade_math_on_a_local_dataset(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     samples, summary = _tables(tmp_path, "grade")
     assert tuple(samples.columns) == SCHEMAS["graded_math"]
-    assert summary.iloc[0].accuracy == 0.5 and summary.iloc[0].pass_at_k == 1.0
+    assert summary.iloc[0].avg_at_k == 0.5 and summary.iloc[0].pass_at_k == 1.0
 
 
 @pytest.mark.parametrize(
@@ -124,8 +124,8 @@ def test_eval_task_on_the_micro_world(monkeypatch, capsys, tmp_path, args, task)
     assert code == 0, err
     samples, summary = _tables(tmp_path, "eval")
     assert tuple(samples.columns) == SCHEMAS[f"graded_{task}"] and len(samples) == 2
-    assert summary.iloc[0].task == task and 0 <= summary.iloc[0].accuracy <= 1
-    assert "accuracy %" in out
+    assert summary.iloc[0].task == task and 0 <= summary.iloc[0].avg_at_k <= 1
+    assert "avg@1 %" in out
     (config,) = (tmp_path / "results" / "eval").glob("*/config.json")
     assert json.loads(config.read_text())["pair"]["instruction"] == TASKS[task].instruction
 

@@ -9,6 +9,8 @@ from peft import LoraConfig, get_peft_model
 
 from esr_lab.divergences import chunked_position_stats
 from esr_lab.lean import (
+    HiddenStates,
+    LossSpec,
     enable_gradient_checkpointing,
     fused_per_position_loss,
     hidden_position_stats,
@@ -47,27 +49,19 @@ def problem(dtype, B=2, T=7, H=8, H_t=6, V=50, V_t=45, vocab=40, seed=0):
     }
 
 
+def states(p) -> HiddenStates:
+    return HiddenStates(p["h_s"], p["W_s"], p["h_t"], p["W_t"], p["tokens"])
+
+
 def plain_loss(name, p, temperature, **knobs):
     """The reference: full logits, then `divergences.per_position_loss` under autograd."""
-    inputs = (p["h_s"], p["W_s"], p["h_t"], p["W_t"], p["tokens"])
-    return unfused_per_position_loss(
-        name, *inputs, vocab=p["vocab"], temperature=temperature, **knobs
-    )
+    spec = LossSpec(name, p["vocab"], temperature=temperature, **knobs)
+    return unfused_per_position_loss(spec, states(p))
 
 
 def fused_loss(name, p, temperature, chunk, **knobs):
-    return fused_per_position_loss(
-        name,
-        p["h_s"],
-        p["W_s"],
-        p["h_t"],
-        p["W_t"],
-        p["tokens"],
-        vocab=p["vocab"],
-        temperature=temperature,
-        chunk=chunk,
-        **knobs,
-    )
+    spec = LossSpec(name, p["vocab"], temperature=temperature, chunk=chunk, **knobs)
+    return fused_per_position_loss(spec, states(p))
 
 
 def values_and_grads(loss_BT, p, wrt):
@@ -130,9 +124,7 @@ def test_position_stats_from_hidden_states_equal_those_from_logits():
         s_BTV = (p["h_s"] @ p["W_s"].T)[..., :480]
         t_BTV = (p["h_t"] @ p["W_t"].T)[..., :480]
     expected = chunked_position_stats(s_BTV, t_BTV, tokens_BT=p["tokens"])
-    got = hidden_position_stats(
-        p["h_s"], p["W_s"], p["h_t"], p["W_t"], p["tokens"], vocab=480, chunk=3
-    )
+    got = hidden_position_stats(states(p), vocab=480, chunk=3)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
@@ -204,12 +196,13 @@ def student_loss_and_grads(checkpointing: bool):
     with torch.no_grad():
         teacher_BTH = response_hidden(teacher, batch)
     loss = fused_per_position_loss(
-        "reverse_kl",
-        response_hidden(student, batch),
-        student.get_output_embeddings().weight,
-        teacher_BTH,
-        teacher.get_output_embeddings().weight,
-        vocab=64,
+        LossSpec("reverse_kl", 64),
+        HiddenStates(
+            response_hidden(student, batch),
+            student.get_output_embeddings().weight,
+            teacher_BTH,
+            teacher.get_output_embeddings().weight,
+        ),
     ).sum()
     loss.backward()
     grads = {n: p.grad for n, p in student.named_parameters() if p.requires_grad}

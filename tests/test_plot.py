@@ -23,7 +23,7 @@ def decay_summary(run_id: str, teacher: float) -> pd.DataFrame:
             "run_id",
             "condition",
             "prefix_tokens",
-            "accuracy",
+            "avg_at_k",
             "ci_low",
             "ci_high",
             "n_problems",
@@ -47,6 +47,16 @@ def test_plot_is_byte_stable_and_takes_the_newest_run(tmp_path):
     second = rebuild_all(results, tmp_path / "b")
     assert [p.name for p in first] == ["decay.png"]
     assert first[0].read_bytes() == second[0].read_bytes()
+
+
+def test_a_table_saved_before_the_metric_renames_still_plots(tmp_path):
+    """decay's summary called avg@k `accuracy` until the metric columns took one name each;
+    committed runs keep it, and `plot` reads them under today's name (records.read_table)."""
+    results = make_results(tmp_path / "results")
+    today = rebuild_all(results, tmp_path / "today")[0].read_bytes()
+    summary = results / "decay" / "new" / "summary.parquet"
+    pd.read_parquet(summary).rename(columns={"avg_at_k": "accuracy"}).to_parquet(summary)
+    assert rebuild_all(results, tmp_path / "before")[0].read_bytes() == today
 
 
 def test_plot_command_never_imports_torch(tmp_path):

@@ -27,7 +27,7 @@ def test_late_signal_from_hand_made_tables(tmp_path):
         {
             "condition": ["teacher_alone", "teacher_from_prefix", "teacher_from_prefix"],
             "prefix_tokens": [0, 25, 200],
-            "accuracy": [0.9, 0.5, 0.25],
+            "avg_at_k": [0.9, 0.5, 0.25],
         }
     )
     _write(tmp_path, "positions/r/bins.parquet", bins)

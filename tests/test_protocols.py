@@ -48,7 +48,7 @@ def test_every_response_is_graded_both_ways():
     # a fenced chat answer is not Python as a raw continuation.
     assert graded.correct.tolist() == graded.correct_paper.tolist() == [True, False]
     assert graded.correct_chat.tolist() == [False, True]
-    assert tasks.metrics("humaneval", graded)["accuracy_chat"] == 0.5
+    assert tasks.metrics("humaneval", graded)["avg_at_k_chat"] == 0.5
 
 
 def test_all_164_canonical_solutions_pass_under_both_protocols():

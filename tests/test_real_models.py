@@ -123,7 +123,7 @@ def test_vocabularies_match_on_decoded_text(smol, gemma) -> None:
 
 @pytest.mark.parametrize("which", ["smol", "gemma"])
 def test_fused_loss_equals_full_logits_on_the_real_head(which, request) -> None:
-    from esr_lab.lean import fused_per_position_loss
+    from esr_lab.lean import HiddenStates, LossSpec, fused_per_position_loss
 
     loaded = request.getfixturevalue(which)
     model, head = loaded.model, loaded.model.get_output_embeddings().weight
@@ -135,7 +135,8 @@ def test_fused_loss_equals_full_logits_on_the_real_head(which, request) -> None:
     torch.testing.assert_close(hidden @ head.T, out.logits, atol=1e-3, rtol=1e-4)
     student = hidden[:, 1:].clone().requires_grad_(True)
     teacher = hidden[:, :-1]  # another distribution over the same head
-    fused = fused_per_position_loss("reverse_kl", student, head, teacher, head, vocab=head.shape[0])
+    states = HiddenStates(student, head, teacher, head)
+    fused = fused_per_position_loss(LossSpec("reverse_kl", head.shape[0]), states)
     full = torch.log_softmax(out.logits[:, 1:], -1), torch.log_softmax(out.logits[:, :-1], -1)
     expected = (full[0].exp() * (full[0] - full[1])).sum(-1)
     torch.testing.assert_close(fused, expected, atol=1e-4, rtol=1e-4)

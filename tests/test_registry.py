@@ -24,7 +24,7 @@ HELLO = textwrap.dedent(
     import pandas as pd
 
     from esr_lab.errors import UserError
-    from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+    from esr_lab.experiments.registry import Experiment, Figure, Paths, ExperimentResult
     from esr_lab.options import Given, RunOptions, opt
     from esr_lab.records import declare, open_run, write_table
 
@@ -60,16 +60,16 @@ HELLO = textwrap.dedent(
         return Config(times=options.times)
 
 
-    def run(cfg: Config, paths: Paths) -> Result:
+    def run(cfg: Config, paths: Paths) -> ExperimentResult:
         cfg = cfg.resolved()
         run_dir = open_run(paths.results_dir, "hello", asdict(cfg), paths.run_id)
         summary = pd.DataFrame([{"run_id": run_dir.run_id, **asdict(cfg)}])
         write_table(run_dir.path / "summary.parquet", summary, "hello_summary")
-        figure = FIGURE.save((summary,), paths, run_dir.path)
-        return Result(run_dir, {"summary": summary}, figure)
+        figure = FIGURE.save(run_dir.path, paths)
+        return ExperimentResult(run_dir, {"summary": summary}, figure)
 
 
-    def print_summary(result: Result) -> None:
+    def print_summary(result: ExperimentResult) -> None:
         row = result.tables["summary"].iloc[0]
         print(f"{row.greeting} x {row.times}")
 

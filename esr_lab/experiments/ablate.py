@@ -18,23 +18,19 @@ Command: esr-lab ablate --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import print_seed_summary, run_variants, with_seeds
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.common import print_seed_summary, train_family, with_seeds
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_ablate
 from esr_lab.options import (
+    SEEDED_TRAINING_GROUPS,
     Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    SeedOptions,
-    TrainOptions,
     Window,
     default_train_config,
     opt,
@@ -229,32 +225,23 @@ def configure(options: Options, given: Given) -> AblateConfig:
     )
 
 
-def run(cfg: AblateConfig, paths: Paths) -> Result:
+def run(cfg: AblateConfig, paths: Paths) -> ExperimentResult:
     """Train every variant (content-addressed, shared with other experiments), then tabulate."""
     cfg = cfg.resolved()
     variants = cfg.variants()
-    config = dict(asdict(cfg), variants=[v.name for v in variants])
-    config.pop("seeds")  # run_variants records them, only where given
-    trained = run_variants(
-        "ablate",
-        config,
-        [v.cfg for v in variants],
-        paths,
-        cfg.seeds,
-        names=[v.name for v in variants],
-        comparisons=cfg.comparisons(),
-    )
+    names = [v.name for v in variants]
+    trained = train_family("ablate", cfg, paths, [v.cfg for v in variants], names)
     parent = trained.parent
     table = eval_table(parent.run_id, cfg.seeded_variants(), trained.evals)
     write_table(parent.path / "ablate_evals.parquet", table, "ablate_evals")
     result = summary_table(table, trained.summary.collapsed.tolist())
     write_table(parent.path / "ablate_summary.parquet", result, "ablate_summary")
-    figure = FIGURE.save((table,), paths, parent.path)
+    figure = FIGURE.save(parent.path, paths)
     tables = {"ablate_evals": table, "ablate_summary": result, **trained.seed_tables}
-    return Result(parent, tables, figure)
+    return ExperimentResult(parent, tables, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     summary = result.tables["ablate_summary"]
     title = f"Recipe ablation, run {result.run_dir.run_id}"
     print_table(terminal_table(summary), title)
@@ -314,7 +301,7 @@ EXPERIMENT = Experiment(
         "alone: which difference, if any, makes full OPD collapse."
     ),
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
+    groups=SEEDED_TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -19,35 +19,23 @@ Command: esr-lab cascade --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import pandas as pd
 
 from esr_lab import analysis
 from esr_lab.adapters import check_checkpoint, load_adapter, trained_adapter
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
-from esr_lab.figures import plot_cascade
-from esr_lab.options import (
-    BinWidth,
-    EsrCheckpoint,
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanDataset,
-    ScanRollouts,
-    TrainOptions,
-    Window,
-    default_train_config,
-    settings,
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
+from esr_lab.experiments.scans import (
+    TrainedScanConfig,
+    TrainedScanOptions,
+    configure_trained_scan,
+    open_scan,
 )
-from esr_lab.records import declare, open_run, write_table
-
-if TYPE_CHECKING:
-    from esr_lab.train_config import TrainConfig
-
+from esr_lab.figures import plot_cascade
+from esr_lab.options import TRAINING_GROUPS, BinWidth, Given
+from esr_lab.records import declare, write_table
 
 SCHEMAS = declare(
     {"cascade_summary": ("run_id", "region", "window", "base_kl", "trained_kl", "closed_pct")}
@@ -58,68 +46,38 @@ FIGURE = Figure("cascade.png", ("bins.parquet", "summary.parquet"), plot_cascade
 
 
 @dataclass(frozen=True)
-class CascadeConfig:
-    base: TrainConfig = field(
-        default_factory=default_train_config
-    )  # pair, sampling, seed, N, training
-    esr_checkpoint: str | None = None
-    dataset: str | None = None  # None: the toy world's training prompts, else math500
-    rollouts: int = 1000
+class CascadeConfig(TrainedScanConfig):
     bin_width: int = 50
-    batch_size: int = 64
 
     def resolved(self) -> CascadeConfig:
-        analysis.check_rollouts(self.rollouts)
+        super().resolved()
         analysis.check_bin_width(self.bin_width)
-        esr = replace(self.base, selector="first_n").resolved()
-        check_checkpoint(self.esr_checkpoint, esr, "--esr-checkpoint")
+        check_checkpoint(self.esr_checkpoint, self.esr(), "--esr-checkpoint")
         return self
 
 
 @dataclass
-class Options:
-    n: Window = None
-    esr_checkpoint: EsrCheckpoint = None
-    dataset: ScanDataset = None
-    rollouts: ScanRollouts = None
+class Options(TrainedScanOptions):
     bin_width: BinWidth = None
 
 
 def configure(options: Options, given: Given) -> CascadeConfig:
-    given_values = {"rollouts": options.rollouts, "bin_width": options.bin_width}
-    values = settings("cascade", given.models.student, given_values, given.train.preset)
-    return CascadeConfig(
-        base=given.train.config(given, n=options.n, selector="first_n"),
-        esr_checkpoint=options.esr_checkpoint,
-        dataset=options.dataset,
-        **values,
-    )
+    own = {"bin_width": options.bin_width}
+    return configure_trained_scan(CascadeConfig, "cascade", options, given, own)
 
 
-def run(cfg: CascadeConfig, paths: Paths) -> Result:
+def run(cfg: CascadeConfig, paths: Paths) -> ExperimentResult:
     """Train (or take) ESR, scan base and trained students, bin, summarise, plot."""
     cfg = cfg.resolved()
-    esr_cfg = replace(cfg.base, selector="first_n")
-    adapter = trained_adapter(esr_cfg, cfg.esr_checkpoint, paths.results_dir, paths.show_progress)
-    pair, window = cfg.base.pair, cfg.base.n
-    problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
-    student, teacher = analysis.load_pair(pair, cfg.batch_size)
-    config = dict(asdict(cfg), esr_adapter=adapter)
-    run_dir = open_run(paths.results_dir, "cascade", config, paths.run_id)
+    adapter = trained_adapter(cfg.esr(), cfg.esr_checkpoint, paths.results_dir, paths.show_progress)
+    window = cfg.base.n
+    opened = open_scan("cascade", cfg, paths, esr_adapter=adapter)
+    run_dir = opened.run_dir
     frames = []
     for model in ("base", "esr"):
         if model == "esr":
-            load_adapter(student, adapter)
-        scan = analysis.scan(
-            student,
-            teacher,
-            problems,
-            cfg.rollouts,
-            cfg.base.sampling,
-            cfg.base.seed,
-            paths.show_progress,
-            label=f"{model} student",
-        )
+            load_adapter(opened.student, adapter)
+        scan = opened.scan(label=f"{model} student")
         frames.append(
             analysis.tagged_bins(scan.tokens, cfg.bin_width, model, window, run_dir.run_id)
         )
@@ -128,11 +86,11 @@ def run(cfg: CascadeConfig, paths: Paths) -> Result:
     summary = analysis.cascade_summary(bins, window).assign(run_id=run_dir.run_id, window=window)
     summary = summary[["run_id", "region", "window", "base_kl", "trained_kl", "closed_pct"]]
     write_table(run_dir.path / "summary.parquet", summary, "cascade_summary")
-    figure = FIGURE.save((bins, summary), paths, run_dir.path)
-    return Result(run_dir, {"bins": bins, "summary": summary}, figure)
+    figure = FIGURE.save(run_dir.path, paths)
+    return ExperimentResult(run_dir, {"bins": bins, "summary": summary}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     summary, run_dir = result.tables["summary"], result.run_dir
     window = int(summary.window.iloc[0])
     shown = pd.DataFrame(
@@ -155,7 +113,7 @@ EXPERIMENT = Experiment(
     folder="cascade",
     help="Finding 5: per-position KL before and after ESR training; the gap closed past N.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
@@ -33,6 +33,7 @@ from esr_lab.intervals import t_interval
 from esr_lab.records import Paths, RunDir, declare, open_run, write_table
 
 if TYPE_CHECKING:
+    from esr_lab.experiments.registry import ExperimentResult
     from esr_lab.train_config import TrainConfig
 
 SEED_METRICS = ("best_avg_at_k", "final_avg_at_k")
@@ -128,6 +129,24 @@ def measure_steps(cfg: TrainConfig, warmup: int, show_progress: bool) -> tuple[l
     del trainer
     gc.collect()
     return rows, device
+
+
+def train_family(
+    experiment: str,
+    cfg,
+    paths: Paths,
+    variants: Sequence[TrainConfig] | None = None,
+    names: Sequence[str] | None = None,
+) -> Trained:
+    """Train an experiment config's variants (its `variants()`, or those given under `names`)
+    once per seed of its `seeds`, tabulating its `comparisons()`; its config.json holds the
+    config and the variants' names (the seeds only where given: run_variants records them)."""
+    variants = cfg.variants() if variants is None else variants
+    names = [v.label for v in variants] if names is None else list(names)
+    config = dict(asdict(cfg), variants=names)
+    config.pop("seeds")
+    comparisons = cfg.comparisons()
+    return run_variants(experiment, config, variants, paths, cfg.seeds, names, comparisons)
 
 
 SEED_SCHEMAS = {
@@ -242,6 +261,12 @@ def print_seed_summary(tables: dict[str, pd.DataFrame], title: str) -> None:
         print_table(seed_table(tables["seed_aggregate"]), f"{title}: over seeds (95% t-interval)")
 
 
+def print_trained_summary(result: ExperimentResult, title: str) -> None:
+    """The training summary (a row per seed, with --seeds) and the aggregate over seeds."""
+    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
+    print_seed_summary(result.tables, title)
+
+
 def trained_tables(trained: Trained) -> dict[str, pd.DataFrame]:
-    """The tables a Result carries: summary, evals and, with --seeds, the seed tables."""
+    """The tables an ExperimentResult carries: summary, evals and, with --seeds, the seed tables."""
     return {"summary": trained.summary, "evals": trained.evals, **trained.seed_tables}

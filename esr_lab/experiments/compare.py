@@ -54,15 +54,11 @@ from esr_lab.choices import progressive_n
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import measure_steps, run_variants, with_seeds
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_compare
 from esr_lab.options import (
+    SEEDED_TRAINING_GROUPS,
     Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    SeedOptions,
-    TrainOptions,
     Window,
     default_train_config,
     opt,
@@ -386,7 +382,7 @@ def configure(options: Options, given: Given) -> CompareConfig:
     return CompareConfig(base=given.train.config(given, n=n), seeds=seeds, **values)
 
 
-def run(cfg: CompareConfig, paths: Paths) -> Result:
+def run(cfg: CompareConfig, paths: Paths) -> ExperimentResult:
     """Time the methods (or read their timings), train every variant once per seed, tabulate."""
     from esr_lab import train
 
@@ -411,8 +407,8 @@ def run(cfg: CompareConfig, paths: Paths) -> Result:
     if len(calibration):
         write_table(parent.path / "calibration.parquet", calibration, "compare_calibration")
         tables["calibration"] = calibration
-    figure = FIGURE.save((methods,), paths, parent.path)
-    return Result(parent, tables, figure)
+    figure = FIGURE.save(parent.path, paths)
+    return ExperimentResult(parent, tables, figure)
 
 
 def terminal_table(methods: pd.DataFrame, aggregate: pd.DataFrame) -> pd.DataFrame:
@@ -440,7 +436,7 @@ def _with_interval(mean: float, low: float, high: float) -> str:
     return f"{mean * 100:.2f}{interval}"
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"Methods side by side, run {result.run_dir.run_id} (intervals: t over seeds)"
     aggregate = result.tables["seed_aggregate"]
     print_table(terminal_table(result.tables["methods"], aggregate), title)
@@ -454,7 +450,7 @@ EXPERIMENT = Experiment(
         "trained tokens and the same seconds per step, over seeds."
     ),
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
+    groups=SEEDED_TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

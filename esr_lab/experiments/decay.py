@@ -28,17 +28,9 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table, progress_bar
 from esr_lab.data import Problem, load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_decay
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanPreset,
-    opt,
-    parse_int_list,
-)
+from esr_lab.options import SAMPLING_GROUPS, Given, ScanPreset, opt, parse_int_list
 from esr_lab.records import declare, open_run, write_table
 from esr_lab.seeding import row_seed
 
@@ -60,7 +52,7 @@ SCHEMAS = declare(
             "run_id",
             "condition",
             "prefix_tokens",
-            "accuracy",
+            "avg_at_k",
             "ci_low",
             "ci_high",
             "n_problems",
@@ -134,7 +126,7 @@ def configure(options: Options, given: Given) -> DecayConfig:
     )
 
 
-def run(cfg: DecayConfig, paths: Paths) -> Result:
+def run(cfg: DecayConfig, paths: Paths) -> ExperimentResult:
     """Sample, continue, grade and summarise; resumable per chunk of problems."""
     from esr_lab.models import check_models
     from esr_lab.policy import load_policy
@@ -164,8 +156,8 @@ def run(cfg: DecayConfig, paths: Paths) -> Result:
     write_table(run_dir.path / "samples.parquet", samples, "decay_samples")
     summary = accuracy_by_prefix(samples, cfg.prefix_lengths, run_dir.run_id)
     write_table(run_dir.path / "summary.parquet", summary, "decay_summary")
-    figure = FIGURE.save((summary,), paths, run_dir.path)
-    return Result(run_dir, {"samples": samples, "summary": summary}, figure)
+    figure = FIGURE.save(run_dir.path, paths)
+    return ExperimentResult(run_dir, {"samples": samples, "summary": summary}, figure)
 
 
 # The per-sample columns a chunk produces; run_id and seed are added in front when it is saved.
@@ -283,14 +275,14 @@ def _summary_row(part: pd.DataFrame, condition: str, k: int | None) -> tuple:
     return (condition, k, mean, low, high, len(per_problem), len(part))
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The summary as a narrow table: accuracy and its 95% CI in percent."""
     summary, run_dir = result.tables["summary"], result.run_dir
     shown = pd.DataFrame(
         {
             "condition": summary.condition.str.replace("_", " "),
             "prefix": summary.prefix_tokens,
-            "avg@k %": summary.accuracy * 100,
+            "avg@k %": summary.avg_at_k * 100,
             "95% CI": [
                 f"{lo * 100:.1f}-{hi * 100:.1f}"
                 for lo, hi in zip(summary.ci_low, summary.ci_high, strict=True)
@@ -307,7 +299,7 @@ EXPERIMENT = Experiment(
     folder="decay",
     help="Finding 1: teacher accuracy when it continues from student prefixes of growing length.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

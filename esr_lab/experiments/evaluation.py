@@ -27,8 +27,8 @@ from esr_lab.config import ModelPair, Sampling, default_dataset
 from esr_lab.console import print_table
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Paths, Result
-from esr_lab.options import Given, ModelOptions, RunOptions, SamplingOptions, opt
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Paths
+from esr_lab.options import SAMPLING_GROUPS, Given, opt
 from esr_lab.prompts import DEFAULT_INSTRUCTION
 from esr_lab.records import SCHEMAS, open_run, write_table
 
@@ -112,7 +112,7 @@ def configure(options: Options, given: Given) -> EvalConfig:
     )
 
 
-def run(cfg: EvalConfig, paths: Paths) -> Result:
+def run(cfg: EvalConfig, paths: Paths) -> ExperimentResult:
     """Sample, grade, summarise; returns the run folder and a one-row summary."""
     from esr_lab.models import check_models
 
@@ -125,7 +125,7 @@ def run(cfg: EvalConfig, paths: Paths) -> Result:
         run_dir, summary = _run_math(cfg, paths)
     else:
         run_dir, summary = _run_task(cfg, task, paths)
-    return Result(run_dir, {"summary": summary})
+    return ExperimentResult(run_dir, {"summary": summary})
 
 
 def _policy(cfg: EvalConfig) -> Policy:
@@ -195,7 +195,7 @@ def _run_math(cfg: EvalConfig, paths: Paths):
     return run_dir, summary
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     summary, run_dir = result.tables["summary"], result.run_dir
     if "task" in summary.columns:
         tasks.print_summary(summary, run_dir)
@@ -222,7 +222,7 @@ EXPERIMENT = Experiment(
     folder="eval",
     help="avg@k, pass@k and maj@k of a model (and adapter) on a dataset.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

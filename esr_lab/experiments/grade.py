@@ -3,7 +3,7 @@
 Reads one row per response, with the problem's id (`problem_id`, `task_id` or `id`) and the
 text (`response`, or `completion` as esr-lab's own sample tables name it); several rows per id
 are several samples (pass@k). Writes `results/grade/<run>/samples.parquet` (per-sample grades)
-and `summary.parquet` (accuracy; pass@k; name/full match for BFCL). `--protocol` picks whose
+and `summary.parquet` (avg@k; pass@k; name/full match for BFCL). `--protocol` picks whose
 grade is `correct` (chat: esr-lab's, paper: the released code's; README, Tasks); the summary
 shown has both where the responses can be read both ways.
 Command: esr-lab grade --task humaneval --responses responses.jsonl --protocol paper
@@ -20,7 +20,7 @@ import pandas as pd
 from esr_lab import tasks
 from esr_lab.data import LOCAL_SUFFIXES, read_table_file
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Paths
 from esr_lab.options import Given, opt
 from esr_lab.records import open_run
 
@@ -99,7 +99,7 @@ def configure(options: Options, given: Given) -> GradeConfig:
     return GradeConfig(options.task, options.responses, options.dataset, options.protocol)
 
 
-def run(cfg: GradeConfig, paths: Paths) -> Result:
+def run(cfg: GradeConfig, paths: Paths) -> ExperimentResult:
     """Read, check, grade and summarise the responses; returns the run folder and summary."""
     cfg = cfg.resolved()
     samples = read_responses(cfg.responses)
@@ -107,10 +107,10 @@ def run(cfg: GradeConfig, paths: Paths) -> Result:
     check_ids(samples, problems, cfg.dataset)
     run_dir = open_run(paths.results_dir, "grade", asdict(cfg), paths.run_id)
     summary = tasks.write_graded(run_dir, cfg.task, cfg.dataset, samples, problems, cfg.protocol)
-    return Result(run_dir, {"summary": summary})
+    return ExperimentResult(run_dir, {"summary": summary})
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The grades table, shared with `esr-lab eval`."""
     tasks.print_summary(result.tables["summary"], result.run_dir)
 

@@ -14,89 +14,58 @@ Command: esr-lab positions --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from esr_lab import analysis
-from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
+from esr_lab.experiments.scans import ScanConfig, ScanOptions, configure_scan, open_scan
 from esr_lab.figures import MIN_BIN_SHARE, plot_positions, reached_bins
-from esr_lab.options import (
-    BinWidth,
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanDataset,
-    ScanPreset,
-    ScanRollouts,
-    opt,
-    settings,
-)
-from esr_lab.records import open_run, write_table
+from esr_lab.options import SAMPLING_GROUPS, BinWidth, Given, opt, settings
+from esr_lab.records import write_table
 
 FIGURE = Figure("positions.png", ("bins.parquet",), plot_positions)
 
 
 @dataclass(frozen=True)
-class PositionsConfig:
-    pair: ModelPair = field(default_factory=ModelPair)
-    sampling: Sampling = field(default_factory=Sampling)
-    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
-    preset: str | None = None  # the preset named on the command line
-    dataset: str | None = None  # None: the toy world's training prompts, else math500
-    rollouts: int = 1000
+class PositionsConfig(ScanConfig):
     bin_width: int = 10
     window: int = 100  # the ESR window shaded in the figure
-    seed: int = 0
-    batch_size: int = 64
 
     def resolved(self) -> PositionsConfig:
-        analysis.check_rollouts(self.rollouts)
+        super().resolved()
         analysis.check_bin_width(self.bin_width)
         return self
 
 
 @dataclass
-class Options:
-    dataset: ScanDataset = None
-    rollouts: ScanRollouts = None
+class Options(ScanOptions):
     bin_width: BinWidth = None
     window: Annotated[int | None, opt("ESR window to shade [default: the preset's N].")] = None
-    preset: ScanPreset = None
 
 
 def configure(options: Options, given: Given) -> PositionsConfig:
-    student = given.models.student
-    given_values = {"rollouts": options.rollouts, "bin_width": options.bin_width}
-    values = settings("positions", student, given_values, options.preset)
-    window = options.window or settings("train", student, {}, options.preset).get("n")
-    return PositionsConfig(
-        **given.sampled_as_training(options.preset),
-        dataset=options.dataset,
-        seed=given.run.seed,
-        **values,
-        **({"window": window} if window else {}),
+    window = options.window or settings("train", given.models.student, {}, options.preset).get("n")
+    own = {"bin_width": options.bin_width}
+    return configure_scan(
+        PositionsConfig, "positions", options, given, own, **({"window": window} if window else {})
     )
 
 
-def run(cfg: PositionsConfig, paths: Paths) -> Result:
+def run(cfg: PositionsConfig, paths: Paths) -> ExperimentResult:
     """Scan, bin, write bins.parquet and the figure; returns the run and its bins."""
     cfg = cfg.resolved()
-    problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
-    student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(paths.results_dir, "positions", asdict(cfg), paths.run_id)
-    scan = analysis.scan(
-        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, paths.show_progress
-    )
+    opened = open_scan("positions", cfg, paths)
+    run_dir = opened.run_dir
+    scan = opened.scan()
     bins = analysis.tagged_bins(scan.tokens, cfg.bin_width, "base", cfg.window, run_dir.run_id)
     write_table(run_dir.path / "bins.parquet", bins, "position_bins")
-    figure = FIGURE.save((bins,), paths, run_dir.path)
-    return Result(run_dir, {"bins": bins}, figure)
+    figure = FIGURE.save(run_dir.path, paths)
+    return ExperimentResult(run_dir, {"bins": bins}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The bins most rollouts reach; the sparse tail stays in bins.parquet."""
     bins, run_dir = result.tables["bins"], result.run_dir
     shown = reached_bins(bins)
@@ -115,7 +84,7 @@ EXPERIMENT = Experiment(
     folder="positions",
     help="Finding 4: per-position reverse KL, student and teacher entropy of student rollouts.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -29,19 +29,9 @@ from esr_lab.config import PHASES
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
 from esr_lab.experiments.common import measure_steps
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_profile
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    TrainOptions,
-    default_train_config,
-    int_list,
-    opt,
-    settings,
-)
+from esr_lab.options import TRAINING_GROUPS, Given, default_train_config, int_list, opt, settings
 from esr_lab.records import declare, open_run, write_table
 
 if TYPE_CHECKING:
@@ -174,7 +164,7 @@ def configure(options: Options, given: Given) -> ProfileConfig:
     return ProfileConfig(base=base, **values)
 
 
-def run(cfg: ProfileConfig, paths: Paths) -> Result:
+def run(cfg: ProfileConfig, paths: Paths) -> ExperimentResult:
     """Profile every variant; writes steps.parquet, summary.parquet and profile.png."""
     cfg = cfg.resolved()
     variants = cfg.variants()
@@ -189,11 +179,11 @@ def run(cfg: ProfileConfig, paths: Paths) -> Result:
     write_table(run_dir.path / "steps.parquet", steps, "profile_steps")
     summary = phase_summary(steps)
     write_table(run_dir.path / "summary.parquet", summary, "profile_summary")
-    figure = FIGURE.save((summary,), paths, run_dir.path)
-    return Result(run_dir, {"steps": steps, "summary": summary}, figure)
+    figure = FIGURE.save(run_dir.path, paths)
+    return ExperimentResult(run_dir, {"steps": steps, "summary": summary}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"Cost per step, run {result.run_dir.run_id}"
     print_table(paper_table(result.tables["summary"]), title)
 
@@ -225,7 +215,7 @@ EXPERIMENT = Experiment(
     folder="profile",
     help="Finding 8: per-phase wall time and peak memory of ESR(N) steps against full OPD.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

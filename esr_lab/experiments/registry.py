@@ -6,7 +6,7 @@ subcommand. The module holds, beside each other:
 - a frozen `Config` whose `resolved()` fills every default and validates (one-line errors);
 - `configure(options, given) -> Config`: command line, then preset, then recipe, then the
   dataclass defaults, through `options.settings`;
-- `run(cfg, paths) -> Result`: the work, writing the run folder and returning its tables;
+- `run(cfg, paths) -> ExperimentResult`: the work, writing the run folder and returning its tables;
 - `print_summary(result)`: the short terminal table;
 - its table schemas (`records.declare`, which `write_table` checks) and its figure (a plot
   function from `esr_lab.figures` and the saved tables it reads).
@@ -27,12 +27,13 @@ from typing import Any
 import pandas as pd
 
 from esr_lab.figures import latest_run
-from esr_lab.records import Paths, RunDir
+from esr_lab.records import Paths, RunDir, read_table
 
 
 @dataclass
-class Result:
-    """A finished run: its folder, the tables it wrote (by file stem), and the figure drawn."""
+class ExperimentResult:
+    """What an experiment's run leaves: its folder, the tables it wrote (by file stem), and the
+    figure drawn."""
 
     run_dir: RunDir
     tables: dict[str, pd.DataFrame]
@@ -42,26 +43,27 @@ class Result:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure drawn from saved tables alone: `plot(*frames, paths)`, one frame per file of
+    """A figure drawn from saved tables alone: `plot(*frames, targets)`, one frame per file of
     `reads` (parquet files of the run folder, in order). A run folder is complete for the figure
-    once its first table exists."""
+    once its first table exists. `draw` and `save` both read the run folder's tables, so the
+    figure a run draws is the one `esr-lab plot` redraws."""
 
     file: str
     reads: tuple[str, ...]
     plot: Callable[..., None]
 
-    def draw(self, run_folder: Path, paths: list[Path]) -> None:
-        """Redraw from the run folder's saved tables (`esr-lab plot`)."""
-        self.plot(*(pd.read_parquet(run_folder / name) for name in self.reads), paths)
+    def draw(self, run_folder: Path, targets: list[Path]) -> None:
+        """Draw from the run folder's saved tables into the files `targets` (`esr-lab plot`)."""
+        self.plot(*(read_table(run_folder / name) for name in self.reads), targets)
 
-    def save(self, frames: tuple[pd.DataFrame, ...], paths: Paths, run_folder: Path) -> Path:
-        """Draw as a run ends, from the frames of `reads` it just wrote, into the run folder
-        (and the figures folder, where one was asked for); returns the last copy written.
-        Committed figures change only through `plot` and `reproduce --figures-dir`."""
+    def save(self, run_folder: Path, paths: Paths) -> Path:
+        """Draw as a run ends, once it has saved the tables of `reads`, into the run folder (and
+        the figures folder, where one was asked for); returns the last copy written. Committed
+        figures change only through `plot` and `reproduce --figures-dir`."""
         targets = [run_folder / self.file]
         if paths.figures_dir is not None:
             targets.append(paths.figures_dir / self.file)
-        self.plot(*frames, targets)
+        self.draw(run_folder, targets)
         return targets[-1]
 
 
@@ -75,8 +77,8 @@ class Experiment:
     options: type  # dataclass of the command's own options
     groups: tuple[type, ...]  # shared option groups it takes (esr_lab.options)
     configure: Callable[[Any, Any], Any]
-    run: Callable[[Any, Paths], Result | None]
-    print_summary: Callable[[Result], None]
+    run: Callable[[Any, Paths], ExperimentResult | None]
+    print_summary: Callable[[ExperimentResult], None]
     figure: Figure | None = None
     order: int = 100  # position in `esr-lab --help`
     finding: str | None = None  # the paper finding `reproduce` runs it for; None: not a step

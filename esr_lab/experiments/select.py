@@ -11,33 +11,18 @@ Command: esr-lab select --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 
-from esr_lab.console import print_table, progress_bar
+from esr_lab.console import progress_bar
 from esr_lab.data import load_problems
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import (
-    print_seed_summary,
-    run_variants,
-    summary_table,
-    trained_tables,
-)
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.common import print_trained_summary, train_family, trained_tables
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_select
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    SeedOptions,
-    TrainOptions,
-    default_train_config,
-    opt,
-    settings,
-)
+from esr_lab.options import SEEDED_TRAINING_GROUPS, Given, default_train_config, opt, settings
 from esr_lab.records import declare, write_table
 from esr_lab.seeding import row_seed
 
@@ -135,27 +120,21 @@ def configure(options: Options, given: Given) -> SelectConfig:
     return SelectConfig(base=base, seeds=given.seeds, **values)
 
 
-def run(cfg: SelectConfig, paths: Paths) -> Result:
+def run(cfg: SelectConfig, paths: Paths) -> ExperimentResult:
     cfg = cfg.resolved()
-    variants = cfg.variants()
-    config = dict(asdict(cfg), variants=[v.label for v in variants])
-    config.pop("seeds")  # run_variants records them, only where given
-    trained = run_variants(
-        "select", config, variants, paths, cfg.seeds, comparisons=cfg.comparisons()
-    )
-    parent, summary = trained.parent, trained.summary
+    trained = train_family("select", cfg, paths)
+    parent = trained.parent
     share = top_k_loss_share(cfg, paths.show_progress)
     loss_share = pd.DataFrame([{"run_id": parent.run_id, "budget": cfg.budget, "share": share}])
     write_table(parent.path / "loss_share.parquet", loss_share, "loss_share")
-    figure = FIGURE.save((summary,), paths, parent.path)
+    figure = FIGURE.save(parent.path, paths)
     tables = {**trained_tables(trained), "loss_share": loss_share}
-    return Result(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
+    return ExperimentResult(parent, tables, figure, facts={"budget": cfg.budget, "share": share})
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"Token selection, run {result.run_dir.run_id}"
-    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
-    print_seed_summary(result.tables, title)
+    print_trained_summary(result, title)
     budget, share = result.facts["budget"], result.facts["share"]
     print(f"top-{budget} RKL tokens hold {share * 100:.1f}% of the trajectory's loss")
 
@@ -165,7 +144,7 @@ EXPERIMENT = Experiment(
     folder="select",
     help="Finding 6: ESR against KL/entropy token selection with the same token budget.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
+    groups=SEEDED_TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

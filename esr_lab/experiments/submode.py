@@ -18,7 +18,7 @@ Command: esr-lab submode --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
@@ -26,23 +26,16 @@ import pandas as pd
 from esr_lab import analysis
 from esr_lab.adapters import check_checkpoint, trained_adapter, trained_policy
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
-from esr_lab.figures import plot_submode
-from esr_lab.options import (
-    EsrCheckpoint,
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanDataset,
-    ScanRollouts,
-    TrainOptions,
-    Window,
-    default_train_config,
-    opt,
-    settings,
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
+from esr_lab.experiments.scans import (
+    TrainedScanConfig,
+    TrainedScanOptions,
+    configure_trained_scan,
+    open_scan,
 )
-from esr_lab.records import declare, open_run, write_table
+from esr_lab.figures import plot_submode
+from esr_lab.options import TRAINING_GROUPS, Given, opt
+from esr_lab.records import declare, write_table
 
 if TYPE_CHECKING:
     from esr_lab.train_config import TrainConfig
@@ -75,19 +68,12 @@ FIGURE = Figure("submode.png", ("summary.parquet",), plot_submode)
 
 
 @dataclass(frozen=True)
-class SubmodeConfig:
-    base: TrainConfig = field(
-        default_factory=default_train_config
-    )  # pair, sampling, seed, N, training
-    esr_checkpoint: str | None = None
+class SubmodeConfig(TrainedScanConfig):
     full_checkpoint: str | None = None
-    dataset: str | None = None  # None: the toy world's training prompts, else math500
-    rollouts: int = 1000
     top_fraction: float = 0.1
-    batch_size: int = 64
 
     def resolved(self) -> SubmodeConfig:
-        analysis.check_rollouts(self.rollouts)
+        super().resolved()
         analysis.check_share("--top-fraction", self.top_fraction)
         trainings = self.trainings()
         for name in ("esr", "full"):  # the order the options are listed in
@@ -97,78 +83,55 @@ class SubmodeConfig:
 
     def trainings(self) -> dict[str, tuple[TrainConfig, str | None]]:
         """Each trained student's resolved config and given checkpoint."""
-        esr = replace(self.base, selector="first_n").resolved()
-        full = replace(self.base, selector="all", n=None).resolved()
+        esr, full = self.esr(), replace(self.base, selector="all", n=None).resolved()
         return {"full": (full, self.full_checkpoint), "esr": (esr, self.esr_checkpoint)}
 
 
 @dataclass
-class Options:
-    n: Window = None
-    esr_checkpoint: EsrCheckpoint = None
+class Options(TrainedScanOptions):
     full_checkpoint: Annotated[
         str | None, opt("Full-OPD adapter folder from esr-lab train --full [default: train].")
     ] = None
-    dataset: ScanDataset = None
-    rollouts: ScanRollouts = None
     top_fraction: Annotated[float, opt("Share of highest-KL positions examined.")] = 0.1
 
 
 def configure(options: Options, given: Given) -> SubmodeConfig:
-    values = settings(
-        "submode", given.models.student, {"rollouts": options.rollouts}, given.train.preset
-    )
-    return SubmodeConfig(
-        base=given.train.config(given, n=options.n, selector="first_n"),
-        esr_checkpoint=options.esr_checkpoint,
-        full_checkpoint=options.full_checkpoint,
-        dataset=options.dataset,
-        top_fraction=options.top_fraction,
-        **values,
-    )
+    taken = {"full_checkpoint": options.full_checkpoint, "top_fraction": options.top_fraction}
+    return configure_trained_scan(SubmodeConfig, "submode", options, given, {}, **taken)
 
 
-def run(cfg: SubmodeConfig, paths: Paths) -> Result:
+def run(cfg: SubmodeConfig, paths: Paths) -> ExperimentResult:
     """Train (or take) both students, scan each, measure teacher lengths; one summary row each."""
     cfg = cfg.resolved()
     adapters = {
         name: trained_adapter(train_cfg, given, paths.results_dir, paths.show_progress)
         for name, (train_cfg, given) in cfg.trainings().items()
     }
-    pair, sampling, seed = cfg.base.pair, cfg.base.sampling, cfg.base.seed
-    problems = analysis.scan_problems(cfg.dataset, pair.student, cfg.rollouts)
-    student, teacher = analysis.load_pair(pair, cfg.batch_size)
-    config = dict(asdict(cfg), adapters=adapters)
-    run_dir = open_run(paths.results_dir, "submode", config, paths.run_id)
-    students = {"base": student}
-    students.update({n: trained_policy(pair, a, cfg.batch_size) for n, a in adapters.items()})
+    opened = open_scan("submode", cfg, paths, adapters=adapters)
+    run_dir = opened.run_dir
+    students = {"base": opened.student}
+    students.update({n: trained_policy(cfg.pair, a, cfg.batch_size) for n, a in adapters.items()})
     rows = {}
     for name, policy in students.items():
-        scan = analysis.scan(
-            policy,
-            teacher,
-            problems,
-            cfg.rollouts,
-            sampling,
-            seed,
-            paths.show_progress,
-            f"{name} student",
-        )
+        scan = opened.scan(policy, f"{name} student")
         rows[name] = {
             **analysis.submode_stats(scan.tokens, cfg.top_fraction),
             **analysis.length_stats(scan.lengths),
         }
-    _, responses = analysis.rollouts(teacher, problems, range(cfg.rollouts), sampling, seed)
+    teacher, problems = opened.teacher, opened.problems
+    _, responses = analysis.rollouts(teacher, problems, range(cfg.rollouts), cfg.sampling, cfg.seed)
     rows["teacher"] = analysis.length_stats([len(r) for r in responses])
     summary = pd.DataFrame([{"model": m, **rows[m]} for m in MODELS])
     summary = summary.assign(run_id=run_dir.run_id, rollouts=cfg.rollouts)
     summary = summary[list(SCHEMAS["submode_summary"])]
     write_table(run_dir.path / "summary.parquet", summary, "submode_summary")
-    figure = FIGURE.save((summary,), paths, run_dir.path)
-    return Result(run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction})
+    figure = FIGURE.save(run_dir.path, paths)
+    return ExperimentResult(
+        run_dir, {"summary": summary}, figure, facts={"top_fraction": cfg.top_fraction}
+    )
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """Finding 7's two tables: commitment on the top-KL positions, and response lengths."""
     summary, run_dir, fraction = (
         result.tables["summary"],
@@ -202,7 +165,7 @@ EXPERIMENT = Experiment(
     folder="submode",
     help="Finding 7: sub-mode commitment on top-KL positions, and response lengths, per model.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions),
+    groups=TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -12,28 +12,18 @@ Command: esr-lab suggest-n --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 import pandas as pd
 
 from esr_lab import analysis
-from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
+from esr_lab.experiments.scans import ScanConfig, ScanOptions, configure_scan, open_scan
 from esr_lab.figures import plot_suggest_n
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanDataset,
-    ScanPreset,
-    ScanRollouts,
-    opt,
-    settings,
-)
-from esr_lab.records import declare, open_run, write_table
+from esr_lab.options import SAMPLING_GROUPS, Given, opt
+from esr_lab.records import declare, write_table
 
 SHOWN_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -57,51 +47,31 @@ FIGURE = Figure("suggest_n.png", ("curve.parquet", "summary.parquet"), plot_sugg
 
 
 @dataclass(frozen=True)
-class SuggestConfig:
-    pair: ModelPair = field(default_factory=ModelPair)
-    sampling: Sampling = field(default_factory=Sampling)
-    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
-    preset: str | None = None  # the preset named on the command line
-    dataset: str | None = None  # None: the toy world's training prompts, else math500
-    rollouts: int = 1000
+class SuggestConfig(ScanConfig):
     threshold: float = 0.45
-    seed: int = 0
-    batch_size: int = 64
 
     def resolved(self) -> SuggestConfig:
-        analysis.check_rollouts(self.rollouts)
+        super().resolved()
         analysis.check_share("--threshold", self.threshold)
         return self
 
 
 @dataclass
-class Options:
-    dataset: ScanDataset = None
-    rollouts: ScanRollouts = None
+class Options(ScanOptions):
     threshold: Annotated[float | None, opt("Share of the total KL the window holds.")] = None
-    preset: ScanPreset = None
 
 
 def configure(options: Options, given: Given) -> SuggestConfig:
-    given_values = {"rollouts": options.rollouts, "threshold": options.threshold}
-    values = settings("suggest_n", given.models.student, given_values, options.preset)
-    return SuggestConfig(
-        **given.sampled_as_training(options.preset),
-        dataset=options.dataset,
-        seed=given.run.seed,
-        **values,
-    )
+    own = {"threshold": options.threshold}
+    return configure_scan(SuggestConfig, "suggest_n", options, given, own)
 
 
-def run(cfg: SuggestConfig, paths: Paths) -> Result:
+def run(cfg: SuggestConfig, paths: Paths) -> ExperimentResult:
     """Scan, write the cumulative curve and the suggested N; returns run, curve and summary."""
     cfg = cfg.resolved()
-    problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
-    student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(paths.results_dir, "suggest_n", asdict(cfg), paths.run_id)
-    scan = analysis.scan(
-        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, paths.show_progress
-    )
+    opened = open_scan("suggest_n", cfg, paths)
+    run_dir = opened.run_dir
+    scan = opened.scan()
     curve = analysis.cumulative_kl(scan.tokens).assign(threshold=cfg.threshold)
     curve.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "curve.parquet", curve, "cumulative_kl")
@@ -115,11 +85,11 @@ def run(cfg: SuggestConfig, paths: Paths) -> Result:
         }
     )
     write_table(run_dir.path / "summary.parquet", summary, "suggest_n")
-    figure = FIGURE.save((curve, summary), paths, run_dir.path)
-    return Result(run_dir, {"curve": curve, "summary": summary}, figure)
+    figure = FIGURE.save(run_dir.path, paths)
+    return ExperimentResult(run_dir, {"curve": curve, "summary": summary}, figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     """The curve at round shares, with the suggested N's row marked."""
     curve, summary, run_dir = result.tables["curve"], result.tables["summary"], result.run_dir
     n = int(summary.n.iloc[0])
@@ -147,7 +117,7 @@ EXPERIMENT = Experiment(
     folder="suggest_n",
     help="Finding 10: pick N where the first N positions hold 45% of the rollouts' KL.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

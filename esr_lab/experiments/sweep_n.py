@@ -11,26 +11,16 @@ Command: esr-lab sweep-n --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated
 
-from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import (
-    print_seed_summary,
-    run_variants,
-    summary_table,
-    trained_tables,
-)
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.common import print_trained_summary, train_family, trained_tables
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_sweep_n
 from esr_lab.options import (
+    SEEDED_TRAINING_GROUPS,
     Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    SeedOptions,
-    TrainOptions,
     default_train_config,
     int_list,
     opt,
@@ -108,22 +98,16 @@ def configure(options: Options, given: Given) -> SweepConfig:
     )
 
 
-def run(cfg: SweepConfig, paths: Paths) -> Result:
+def run(cfg: SweepConfig, paths: Paths) -> ExperimentResult:
     cfg = cfg.resolved()
-    variants = cfg.variants()
-    config = dict(asdict(cfg), variants=[v.label for v in variants])
-    config.pop("seeds")  # run_variants records them, only where given
-    trained = run_variants(
-        "sweep_n", config, variants, paths, cfg.seeds, comparisons=cfg.comparisons()
-    )
-    figure = FIGURE.save((trained.summary,), paths, trained.parent.path)
-    return Result(trained.parent, trained_tables(trained), figure)
+    trained = train_family("sweep_n", cfg, paths)
+    figure = FIGURE.save(trained.parent.path, paths)
+    return ExperimentResult(trained.parent, trained_tables(trained), figure)
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"N sweep, run {result.run_dir.run_id}"
-    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
-    print_seed_summary(result.tables, title)
+    print_trained_summary(result, title)
 
 
 EXPERIMENT = Experiment(
@@ -131,7 +115,7 @@ EXPERIMENT = Experiment(
     folder="sweep_n",
     help="Finding 3: best accuracy of ESR for several N, against full OPD and progressive N.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
+    groups=SEEDED_TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

@@ -17,29 +17,18 @@ Command: esr-lab tokens --student Qwen/Qwen2.5-Math-1.5B --teacher Qwen/Qwen3-1.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
 from esr_lab import analysis
-from esr_lab.config import ModelPair, Sampling
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.registry import Experiment, Figure, Paths, Result
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
+from esr_lab.experiments.scans import ScanConfig, ScanOptions, configure_scan, open_scan
 from esr_lab.figures import plot_tokens
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    ScanDataset,
-    ScanPreset,
-    ScanRollouts,
-    int_list,
-    opt,
-    settings,
-)
-from esr_lab.records import declare, open_run, write_table
+from esr_lab.options import SAMPLING_GROUPS, Given, int_list, opt
+from esr_lab.records import declare, write_table
 
 PAPER_EDGES = (0, 5, 20, 50, 100, 200)
 
@@ -63,22 +52,14 @@ FIGURE = Figure("tokens.png", ("categories.parquet",), plot_tokens)
 
 
 @dataclass(frozen=True)
-class TokensConfig:
-    pair: ModelPair = field(default_factory=ModelPair)
-    sampling: Sampling = field(default_factory=Sampling)
-    recipe: str = "esr-lab"  # the recipe the sampling came from (recipes.RECIPES)
-    preset: str | None = None  # the preset named on the command line
-    dataset: str | None = None  # None: the toy world's training prompts, else math500
-    rollouts: int = 1000
+class TokensConfig(ScanConfig):
     edges: tuple[int, ...] = PAPER_EDGES
     min_count: int = 50
     top: int = 20
     categories: dict[str, str] = field(default_factory=lambda: dict(analysis.DEFAULT_CATEGORIES))
-    seed: int = 0
-    batch_size: int = 64
 
     def resolved(self) -> TokensConfig:
-        analysis.check_rollouts(self.rollouts)
+        super().resolved()
         analysis.check_edges(self.edges)
         analysis.compile_categories(self.categories)
         if self.min_count < 1 or self.top < 1:
@@ -100,56 +81,42 @@ def read_categories(path: Path) -> dict[str, str]:
 
 
 @dataclass
-class Options:
-    dataset: ScanDataset = None
-    rollouts: ScanRollouts = None
+class Options(ScanOptions):
     edges: Annotated[str | None, opt("Position bin edges [paper: 0,5,20,50,100,200].")] = None
     min_count: Annotated[int | None, opt("Occurrences for a top token [paper: 50].")] = None
     top: Annotated[int, opt("How many highest-KL tokens to list.")] = 20
     categories: Annotated[Path | None, opt('TOML file of category = "regex" lines.')] = None
-    preset: ScanPreset = None
 
 
 def configure(options: Options, given: Given) -> TokensConfig:
-    given_values = {
-        "rollouts": options.rollouts,
+    own = {
         "min_count": options.min_count,
         "edges": int_list(options.edges or None, "--edges"),
         "categories": read_categories(options.categories) if options.categories else None,
     }
-    values = settings("tokens", given.models.student, given_values, options.preset)
-    return TokensConfig(
-        **given.sampled_as_training(options.preset),
-        dataset=options.dataset,
-        top=options.top,
-        seed=given.run.seed,
-        **values,
-    )
+    return configure_scan(TokensConfig, "tokens", options, given, own, top=options.top)
 
 
-def run(cfg: TokensConfig, paths: Paths) -> Result:
+def run(cfg: TokensConfig, paths: Paths) -> ExperimentResult:
     """Scan, then tabulate categories x bins and the top tokens; returns run, cells, top."""
     cfg = cfg.resolved()
-    problems = analysis.scan_problems(cfg.dataset, cfg.pair.student, cfg.rollouts)
-    student, teacher = analysis.load_pair(cfg.pair, cfg.batch_size)
-    run_dir = open_run(paths.results_dir, "tokens", asdict(cfg), paths.run_id)
-    scan = analysis.scan(
-        student, teacher, problems, cfg.rollouts, cfg.sampling, cfg.seed, paths.show_progress
-    )
+    opened = open_scan("tokens", cfg, paths)
+    run_dir = opened.run_dir
+    scan = opened.scan()
     ids = scan.tokens.token_id.unique().tolist()
-    texts = {i: student.tokenizer.decode([i]) for i in ids}
+    texts = {i: opened.student.tokenizer.decode([i]) for i in ids}
     cells = analysis.category_table(scan.tokens, texts, cfg.categories, cfg.edges)
     cells.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "categories.parquet", cells, "token_categories")
     top = analysis.top_tokens(scan.tokens, texts, cfg.min_count, cfg.top)
     top.insert(0, "run_id", run_dir.run_id)
     write_table(run_dir.path / "top_tokens.parquet", top, "top_kl_tokens")
-    figure = FIGURE.save((cells,), paths, run_dir.path)
+    figure = FIGURE.save(run_dir.path, paths)
     tables = {"categories": cells, "top_tokens": top}
-    return Result(run_dir, tables, figure, facts={"min_count": cfg.min_count})
+    return ExperimentResult(run_dir, tables, figure, facts={"min_count": cfg.min_count})
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     cells, top, run_dir = result.tables["categories"], result.tables["top_tokens"], result.run_dir
     min_count = result.facts["min_count"]
     grid = cells.pivot(index="category", columns="bin_start", values="mean_kl")
@@ -165,7 +132,7 @@ EXPERIMENT = Experiment(
     folder="tokens",
     help="Finding 11: mean KL by token category x position bin, and the highest-KL tokens.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions),
+    groups=SAMPLING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,

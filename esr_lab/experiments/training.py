@@ -14,27 +14,11 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated
 
-from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import (
-    print_seed_summary,
-    run_variants,
-    summary_table,
-    trained_tables,
-)
-from esr_lab.experiments.registry import Experiment, Paths, Result
+from esr_lab.experiments.common import print_trained_summary, run_variants, trained_tables
+from esr_lab.experiments.registry import Experiment, ExperimentResult, Paths
 from esr_lab.figures import plot_training_curve
-from esr_lab.options import (
-    Given,
-    ModelOptions,
-    RunOptions,
-    SamplingOptions,
-    SeedOptions,
-    TrainOptions,
-    Window,
-    int_list,
-    opt,
-)
+from esr_lab.options import SEEDED_TRAINING_GROUPS, Given, Window, int_list, opt
 
 
 @dataclass
@@ -80,7 +64,7 @@ class Seeded:
     seeds: tuple[int, ...]
 
 
-def run(cfg, paths: Paths) -> Result | None:
+def run(cfg, paths: Paths) -> ExperimentResult | None:
     """Train (or resume) the run; the main process draws its curve from the evaluations."""
     from esr_lab import distributed, loop
 
@@ -90,10 +74,10 @@ def run(cfg, paths: Paths) -> Result | None:
     if not distributed.group().is_main:
         return None
     plot_training_curve(evals, [run_dir.path / "curve.png"])
-    return Result(run_dir, {"summary": summary, "evals": evals})
+    return ExperimentResult(run_dir, {"summary": summary, "evals": evals})
 
 
-def _run_seeds(seeded: Seeded, paths: Paths) -> Result:
+def _run_seeds(seeded: Seeded, paths: Paths) -> ExperimentResult:
     """The run once per seed; the curves of every seed in one figure."""
     from esr_lab import train
 
@@ -101,13 +85,12 @@ def _run_seeds(seeded: Seeded, paths: Paths) -> Result:
     config = {k: v for k, v in train.config_dict(base).items() if k != "seed"}
     trained = run_variants("train", config, [base], paths, seeded.seeds)
     plot_training_curve(trained.evals, [trained.parent.path / "curve.png"])
-    return Result(trained.parent, trained_tables(trained))
+    return ExperimentResult(trained.parent, trained_tables(trained))
 
 
-def print_summary(result: Result) -> None:
+def print_summary(result: ExperimentResult) -> None:
     title = f"Training, run {result.run_dir.run_id}"
-    print_table(summary_table(result.tables["summary"], result.tables.get("seeds")), title)
-    print_seed_summary(result.tables, title)
+    print_trained_summary(result, title)
 
 
 EXPERIMENT = Experiment(
@@ -115,7 +98,7 @@ EXPERIMENT = Experiment(
     folder="train",
     help="Distil the teacher into the student with ESR (first N tokens) or full OPD.",
     options=Options,
-    groups=(ModelOptions, SamplingOptions, RunOptions, TrainOptions, SeedOptions),
+    groups=SEEDED_TRAINING_GROUPS,
     configure=configure,
     run=run,
     print_summary=print_summary,
