@@ -33,8 +33,14 @@ class ModelOptions:
     teacher: Annotated[str, opt("Hub id, local folder, or toy name.")] = "toy-teacher"
     device: Annotated[str, opt("auto (GPU if present), cpu, cuda, cuda:N.")] = "auto"
     dtype: Annotated[str, opt("auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")] = "auto"
-    instruction: Annotated[str, opt("Instruction after every problem.")] = DEFAULT_INSTRUCTION
-    thinking: Annotated[bool, opt("Qwen3 thinking mode in the chat template.")] = False
+    # None until typed, so that a preset's value is not overridden by the option's default.
+    instruction: Annotated[
+        str | None,
+        opt(f"Instruction after every problem ('' for none) [default: {DEFAULT_INSTRUCTION}]."),
+    ] = None
+    thinking: Annotated[
+        bool | None, opt("Qwen3 thinking mode in the chat template [off].", show_default=False)
+    ] = None
     threads: Annotated[int | None, opt("CPU torch threads [toy: 1; else torch's].", min=1)] = None
     placement: Annotated[
         str | None, opt("Where the instruction goes: user, system, user-inline [esr-lab: user].")
@@ -74,7 +80,9 @@ class ModelOptions:
 
 @dataclass
 class SamplingOptions:
-    temperature: Annotated[float, opt("Sampling temperature (0: greedy).", min=0.0)] = 0.7
+    temperature: Annotated[
+        float | None, opt("Sampling temperature (0: greedy) [default: 0.7].", min=0.0)
+    ] = None
     top_p: Annotated[
         float | None,
         opt("Nucleus sampling mass [esr-lab: 1.0; paper-code: 0.95].", min=0.0, max=1.0),

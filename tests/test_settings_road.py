@@ -7,7 +7,7 @@ import json
 import pytest
 
 from esr_lab import options, presets
-from esr_lab.experiments import decay, evaluation, positions, suggest_n, tokens
+from esr_lab.experiments import decay, evaluation, positions, suggest_n, tokens, training
 from tests.helpers import MICRO, run_cli
 
 SCANS = (decay, positions, suggest_n, tokens)
@@ -54,3 +54,29 @@ def test_eval_records_the_recipe_whose_evaluation_settings_it_took():
     for recipe in (None, "paper-code"):
         cfg = _configure(evaluation, model="micro-student", recipe=recipe)
         assert cfg.recipe == (recipe or "esr-lab")
+
+
+@pytest.fixture
+def plain_preset(tmp_path, monkeypatch):
+    """A preset that asks for no instruction, another temperature and thinking mode: options
+    whose command-line defaults used to win over any preset."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    text = '[train]\ninstruction = ""\ntemperature = 1.0\nenable_thinking = true\n'
+    (folder / "plain.toml").write_text(text)
+    (folder / "micro.toml").write_text((presets.PRESET_DIR / "micro.toml").read_text())
+    monkeypatch.setattr(presets, "PRESET_DIR", folder)
+    return "plain"
+
+
+@pytest.mark.parametrize("module", (training, *SCANS), ids=lambda m: m.EXPERIMENT.command)
+def test_a_presets_instruction_temperature_and_thinking_reach_every_command(module, plain_preset):
+    cfg = _configure(module, preset=plain_preset)
+    pair, sampling = cfg.pair, cfg.sampling
+    assert (pair.instruction, sampling.temperature, pair.enable_thinking) == ("", 1.0, True)
+    typed = _configure(module, preset=plain_preset, instruction="Solve.", temperature=0.5)
+    typed = typed.pair.instruction, typed.sampling.temperature
+    assert typed == ("Solve.", 0.5)  # the command line wins
+    plain = _configure(module)  # no preset: the defaults, as before
+    assert plain.pair.instruction.startswith("Please reason step by step")
+    assert (plain.sampling.temperature, plain.pair.enable_thinking) == (0.7, False)
