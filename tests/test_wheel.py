@@ -1,4 +1,5 @@
-"""The presets ship in the wheel: an installed copy, outside the repository, lists them."""
+"""The presets ship in the wheel: an installed copy, outside the repository, lists them and
+trains with one (`esr-lab train --preset toy`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _run(*args: str, cwd: Path, env: dict | None = None) -> str:
     return done.stdout
 
 
-def test_an_installed_wheel_lists_the_presets(tmp_path):
+def test_an_installed_wheel_lists_the_presets_and_trains_with_one(tmp_path):
     # A copy of the sources, so that building leaves nothing in the worktree.
     source = tmp_path / "source"
     source.mkdir()
@@ -44,3 +45,12 @@ def test_an_installed_wheel_lists_the_presets(tmp_path):
     where, listed = json.loads(_run(sys.executable, "-c", code, cwd=tmp_path, env=env))
     assert Path(where).is_relative_to(tmp_path / "site")
     assert listed == shipped
+    # ...and trains with a preset and the toy world's weights from the wheel alone.
+    results = tmp_path / "results"
+    argv = ("-m", "esr_lab", "train", "--preset", "toy", "--steps", "2", "--eval-every", "2")
+    argv += ("--eval-limit", "4", "--eval-samples", "1", "--quiet", "--results-dir", str(results))
+    _run(sys.executable, *argv, cwd=tmp_path, env=env)
+    (config,) = results.glob("train/*/config.json")
+    recorded = json.loads(config.read_text())
+    assert recorded["pair"]["student"] == "toy-student" and recorded["steps"] == 2
+    assert (config.parent / "summary.parquet").is_file()
