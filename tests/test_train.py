@@ -110,20 +110,9 @@ def test_micro_batches_add_up_to_the_whole_batch(reduction):
 
 
 def test_step_loss_is_the_papers_equation():
-    cfg = replace(BASE, n=5).resolved()
-    trainer = train.setup(cfg)
-    problems, responses = train.rollout(trainer, 1)
-    assert max(map(len, responses)) <= 5  # ESR stops generating at N
-    batches = [
-        build_batch(
-            [side.prompt_ids(p.problem) for p in problems], responses, side.tokenizer.pad_token_id
-        )
-        for side in (trainer.student, trainer.teacher)
-    ]
-    with torch.no_grad():
-        s_logits = response_logits(trainer.model, batches[0])
-        t_logits = response_logits(trainer.teacher.loaded.model, batches[1])
-    kl_BT = reverse_kl(s_logits, t_logits) * batches[0].response_mask_BT
+    trainer, mask_BT, _, s_logits, t_logits = rollout_and_logits(replace(BASE, n=5))
+    assert int(mask_BT.sum(-1).max()) <= 5  # ESR stops generating at N
+    kl_BT = reverse_kl(s_logits, t_logits) * mask_BT
     expected = float(kl_BT.sum(-1).mean())  # sum over positions, mean over sequences
     assert train.train_step(trainer, 1)["loss"] == pytest.approx(expected, rel=1e-5)
 
