@@ -155,12 +155,12 @@ class TrainOptions:
         str | None, opt("esr-lab (default) or paper-code (the paper's released code).")
     ] = None
     loss: Annotated[
-        str,
+        str | None,
         opt(
             "reverse_kl, forward_kl, jsd, sampled_token, topk_support, power_token (PowerOPD); "
-            "uld (different tokenizers)."
+            "uld (different tokenizers) [reverse_kl]."
         ),
-    ] = "reverse_kl"
+    ] = None
     position_weights: Annotated[
         str | None, opt("Per-position loss weights: uniform, or iw_opd (IW-OPD) [uniform].")
     ] = None
@@ -181,7 +181,9 @@ class TrainOptions:
     reduction: Annotated[
         str | None, opt("sequence_sum [esr-lab], sequence_mean [paper-code] or token_mean.")
     ] = None
-    mask_special_tokens: Annotated[bool, opt("Exclude special tokens from the loss.")] = False
+    mask_special_tokens: Annotated[
+        bool | None, opt("Exclude special tokens from the loss [off].", show_default=False)
+    ] = None
     fused_loss: Annotated[
         bool | None,
         opt(
@@ -258,7 +260,9 @@ class TrainOptions:
     lora_dropout: Annotated[float | None, opt("LoRA dropout [esr-lab: 0; paper-code: 0.05].")] = (
         None
     )
-    full_finetune: Annotated[bool, opt("Train all weights instead of LoRA.")] = False
+    full_finetune: Annotated[
+        bool | None, opt("Train all weights instead of LoRA [off].", show_default=False)
+    ] = None
     train_dataset: Annotated[str | None, opt("Training prompts [toy: its generator].")] = None
     train_limit: Annotated[int | None, opt("Training prompts used [paper: 3200].")] = None
     train_sample: Annotated[
@@ -270,7 +274,7 @@ class TrainOptions:
     ] = None
     eval_dataset: Annotated[str | None, opt("Eval set [default: math500 / toy test].")] = None
     eval_limit: Annotated[int | None, opt("Eval problems used.")] = None
-    eval_samples: Annotated[int, opt("Samples per eval problem (avg@k).")] = 4
+    eval_samples: Annotated[int | None, opt("Samples per eval problem (avg@k) [4].")] = None
     eval_every: Annotated[int | None, opt("Steps between evals/checkpoints [paper: 50].")] = None
     task: Annotated[
         str | None, opt("math, humaneval or bfcl [default: from the eval dataset].")

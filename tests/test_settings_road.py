@@ -63,6 +63,7 @@ def plain_preset(tmp_path, monkeypatch):
     folder = tmp_path / "presets"
     folder.mkdir()
     text = '[train]\ninstruction = ""\ntemperature = 1.0\nenable_thinking = true\n'
+    text += 'eval_samples = 2\nloss = "forward_kl"\nmask_special_tokens = true\n'
     (folder / "plain.toml").write_text(text)
     (folder / "micro.toml").write_text((presets.PRESET_DIR / "micro.toml").read_text())
     monkeypatch.setattr(presets, "PRESET_DIR", folder)
@@ -77,6 +78,8 @@ def test_a_presets_instruction_temperature_and_thinking_reach_every_command(modu
     typed = _configure(module, preset=plain_preset, instruction="Solve.", temperature=0.5)
     typed = typed.pair.instruction, typed.sampling.temperature
     assert typed == ("Solve.", 0.5)  # the command line wins
+    if module is training:  # and the training options that had concrete defaults
+        assert (cfg.eval_samples, cfg.loss, cfg.mask_special_tokens) == (2, "forward_kl", True)
     plain = _configure(module)  # no preset: the defaults, as before
     assert plain.pair.instruction.startswith("Please reason step by step")
     assert (plain.sampling.temperature, plain.pair.enable_thinking) == (0.7, False)
