@@ -137,15 +137,18 @@ def train_family(
     paths: Paths,
     variants: Sequence[TrainConfig] | None = None,
     names: Sequence[str] | None = None,
+    comparisons: Sequence[tuple[str, str]] | None = None,
+    extra: dict | None = None,
 ) -> Trained:
     """Train an experiment config's variants (its `variants()`, or those given under `names`)
-    once per seed of its `seeds`, tabulating its `comparisons()`; its config.json holds the
-    config and the variants' names (the seeds only where given: run_variants records them)."""
+    once per seed of its `seeds`, tabulating its `comparisons()` (or those given); its
+    config.json holds the config, the variants' names and `extra` (the seeds only where given:
+    run_variants records them)."""
     variants = cfg.variants() if variants is None else variants
     names = [v.label for v in variants] if names is None else list(names)
-    config = dict(asdict(cfg), variants=names)
+    config = dict(asdict(cfg), variants=names, **(extra or {}))
     config.pop("seeds")
-    comparisons = cfg.comparisons()
+    comparisons = cfg.comparisons() if comparisons is None else comparisons
     return run_variants(experiment, config, variants, paths, cfg.seeds, names, comparisons)
 
 

@@ -30,7 +30,7 @@ Two budgets:
   `<results>/compare/calibrations/` by a hash of everything they depend on and reused, so that a
   rerun trains the same configs (and resumes); they hold for the machine they were taken on.
 
-Every variant is a content-addressed training run (common.run_variants) trained once per seed;
+Every variant is a content-addressed training run (common.train_family) trained once per seed;
 rows: one per method, budget and seed in `methods.parquet` (best and final avg@k, the collapse
 signature of the final evaluation, trained tokens, seconds per step, training seconds), the
 seed tables give each method's mean and 95% interval over seeds and its paired difference with
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -53,7 +53,7 @@ import pandas as pd
 from esr_lab.choices import progressive_n
 from esr_lab.console import print_table
 from esr_lab.errors import UserError
-from esr_lab.experiments.common import measure_steps, run_variants, with_seeds
+from esr_lab.experiments.common import measure_steps, train_family, with_seeds
 from esr_lab.experiments.registry import Experiment, ExperimentResult, Figure, Paths
 from esr_lab.figures import plot_compare
 from esr_lab.options import (
@@ -375,11 +375,10 @@ def configure(options: Options, given: Given) -> CompareConfig:
     given_values = {"methods": _names(options.methods), "budgets": _names(options.budgets)}
     values = settings("compare", given.models.student, given_values, given.train.preset)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    seeds = given.seeds or values.pop("seeds", DEFAULT_SEEDS)
-    values.pop("seeds", None)
-    n = options.n or values.pop("n", None)  # the preset's window for this comparison
-    values.pop("n", None)
-    return CompareConfig(base=given.train.config(given, n=n), seeds=seeds, **values)
+    preset_seeds = values.pop("seeds", DEFAULT_SEEDS)
+    preset_n = values.pop("n", None)  # the preset's window for this comparison
+    base = given.train.config(given, n=options.n or preset_n)
+    return CompareConfig(base=base, seeds=given.seeds or preset_seeds, **values)
 
 
 def run(cfg: CompareConfig, paths: Paths) -> ExperimentResult:
@@ -392,11 +391,15 @@ def run(cfg: CompareConfig, paths: Paths) -> ExperimentResult:
     horizons = matched_horizons(cfg, calibration) if len(calibration) else {}
     variants = cfg.variants(horizons)
     names = [f"{method}/{budget}" for method, budget, _ in variants]
-    config = dict(asdict(cfg), variants=names, time_horizons=horizons)
-    config.pop("seeds")  # run_variants records them
     comparisons = [(f"{m}/{b}", f"esr/{b}") for m, b, _ in variants if m != "esr"]
-    trained = run_variants(
-        "compare", config, [v for _, _, v in variants], paths, cfg.seeds, names, comparisons
+    trained = train_family(
+        "compare",
+        cfg,
+        paths,
+        [v for _, _, v in variants],
+        names,
+        comparisons=comparisons,
+        extra={"time_horizons": horizons},
     )
     parent = trained.parent
     methods = method_rows(
