@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +28,15 @@ def run_cli(monkeypatch, capsys, tmp_path, *args: str, dirs: bool = True) -> tup
         raise SystemExit(0)
     out, err = capsys.readouterr()
     return stop.value.code or 0, out, err
+
+
+def wait_for_checkpoint(
+    folder: Path, pattern: str, proc: subprocess.Popen, timeout_s: float
+) -> None:
+    """Wait until a checkpoint matching `pattern` exists under `folder`, while `proc` (the
+    command writing it) is still running; fail if it ends first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not list(folder.glob(pattern)):
+        assert proc.poll() is None, "the command ended before writing a checkpoint"
+        assert time.monotonic() < deadline, f"no {pattern} under {folder} in {timeout_s} s"
+        time.sleep(0.2)

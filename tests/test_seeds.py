@@ -21,7 +21,7 @@ from esr_lab.experiments.common import seed_table, seed_tables
 from esr_lab.intervals import t_interval
 from esr_lab.metrics import mean_ci
 from esr_lab.options import parse_seeds
-from tests.helpers import MICRO, run_cli
+from tests.helpers import MICRO, run_cli, wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ("sweep-n", *MICRO, "--steps", "2", "--eval-every", "2")
@@ -251,10 +251,7 @@ def test_ctrl_c_with_jobs_stops_every_worker_and_the_rerun_resumes(tmp_path, gro
     proc = subprocess.Popen(
         command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    deadline = time.monotonic() + 300
-    while not list(results.glob("runs/*/checkpoints/step-*")):
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.2)
+    wait_for_checkpoint(results, "runs/*/checkpoints/step-*", proc, timeout_s=300)
     if group:
         os.killpg(proc.pid, signal.SIGINT)
     else:

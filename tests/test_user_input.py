@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import MICRO, run_cli
+from tests.helpers import MICRO, run_cli, wait_for_checkpoint
 
 PAIR = MICRO[:4]  # --student micro-student --teacher micro-teacher
 ESR_LAB = [sys.executable, "-m", "esr_lab"]
@@ -222,11 +222,7 @@ def test_an_interrupted_train_says_how_to_resume_and_the_resume_is_exact(tmp_pat
     )
     runs = tmp_path / "results" / "train"
     _wait_for(runs)
-    _wait_for_checkpoint = lambda: list(runs.glob("*/checkpoints/step-*"))  # noqa: E731
-    deadline = time.monotonic() + 240
-    while not _wait_for_checkpoint():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_checkpoint(runs, "*/checkpoints/step-*", proc, timeout_s=240)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
