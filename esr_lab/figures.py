@@ -176,20 +176,24 @@ def plot_training_curve(evals: pd.DataFrame, paths: list[Path], benchmark: str =
     _save(fig, paths)
 
 
+# The paper's collapse (finding 9) in one row each: accuracy graded three ways, then the
+# signature: more boxes, repeated text, longer answers.
 ABLATE_PANELS = (
     ("avg_at_k", "strict avg@k (%)", 100),
     ("relaxed_avg_at_k", "relaxed avg@k (%)", 100),
+    ("first_boxed_avg_at_k", "first-boxed avg@k (%)", 100),
     ("mean_tokens", "mean response tokens", 1),
     ("multi_boxed_pct", "multi-boxed responses (%)", 1),
-    ("repetitive_pct", "repetitive responses (%)", 1),
     ("boxes_per_response", "boxes per response", 1),
+    ("repetitive_pct", "repetitive responses (%)", 1),
 )
 
 
 def plot_ablate(evals: pd.DataFrame, paths: list[Path]) -> None:
     """Accuracy over steps per ablation variant, with the collapse signature beside it: ESR
     green, full OPD black (paper-code dashed), single differences dotted in colour."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
+    fig, grid = plt.subplots(2, 4, figsize=(19, 8), sharex=True)
+    axes, legend_axis = grid.flat[: len(ABLATE_PANELS)], grid.flat[len(ABLATE_PANELS)]
     singles = iter(plt.get_cmap("tab10").colors)
     drawn: set[str] = set()
     colors: dict[str, object] = {}
@@ -206,11 +210,13 @@ def plot_ablate(evals: pd.DataFrame, paths: list[Path]) -> None:
             color, style = "black", "--" if paper else "-"
         else:
             color, style = ("#00897b" if paper else ESR_COLOR), "--" if paper else "-"
-        for ax, (column, _, scale) in zip(axes.flat, ABLATE_PANELS, strict=True):
+        for ax, (column, _, scale) in zip(axes, ABLATE_PANELS, strict=True):
             ax.plot(part.step, part[column] * scale, style, color=color, marker="o", label=name)
-    for ax, (_, ylabel, _) in zip(axes.flat, ABLATE_PANELS, strict=True):
+    for ax, (_, ylabel, _) in zip(axes, ABLATE_PANELS, strict=True):
         _style(ax, ylabel, "step", "")
-    axes.flat[0].legend(fontsize=8, loc="best")
+    # the legend gets the eighth panel: with a dozen variants it would hide any curve it sat on
+    legend_axis.axis("off")
+    legend_axis.legend(*axes[0].get_legend_handles_labels(), fontsize=9, loc="center")
     fig.suptitle("Recipe ablation: accuracy and the collapse signature per evaluation")
     fig.tight_layout()
     _save(fig, paths)

@@ -44,13 +44,27 @@ if TYPE_CHECKING:
 # Each difference between the recipes, by the TrainConfig / Sampling fields that carry it; its
 # value is read from the paper-code config, so a preset or option that changes it is honoured.
 DIFFERENCES: dict[str, tuple[str, ...]] = {
-    "stop token": ("loss_on_stop_token",),
+    "stop token": ("loss_on_stop_token", "strip_tokens"),  # and which trailing ids it strips
     "reduction": ("reduction",),
     "schedule": ("lr_schedule", "warmup_ratio"),
+    "regularisation": ("weight_decay", "lora_dropout"),
     "top-p": ("top_p", "eval_top_p"),  # the code samples rollouts at 0.95, evaluates at 1.0
+    "top-k": ("top_k", "eval_top_k"),  # HF generate's 50 in rollouts; vLLM's off in evaluation
     "teacher prompt": ("teacher_prompt",),
+    "student context": ("student_context",),
     "end of turn": ("stop_at_end_of_turn",),
+    "training sample": ("train_sample",),
+    "cross-tokenizer": ("cross_clamp", "cross_unaligned"),
 }
+# The paper-code settings that no single run of full OPD can switch on, and why.
+NOT_ABLATED: dict[str, str] = {
+    "progressive_schedule": "progressive N only; full OPD trains every position",
+    "protocol": "evaluation of code and function calling; the ablation evaluates math",
+}
+# `--differences none`: the four whole-recipe variants only (e.g. to redraw a seeded study)
+NO_DIFFERENCES = "none"
+
+
 SCHEMAS = declare(
     {
         "ablate_evals": (
@@ -125,9 +139,10 @@ class AblateConfig:
 
     def resolved(self) -> AblateConfig:
         unknown = sorted(set(self.differences) - set(DIFFERENCES))
-        if unknown or not self.differences:
+        if unknown:
             raise UserError(
-                f"unknown --differences {unknown}; choose from {', '.join(DIFFERENCES)}"
+                f"unknown --differences {unknown}; choose from {', '.join(DIFFERENCES)}, "
+                f"or {NO_DIFFERENCES}"
             )
         return self
 
@@ -203,7 +218,8 @@ def summary_table(evals: pd.DataFrame, collapsed: list[bool]) -> pd.DataFrame:
 class Options:
     n: Window = None
     differences: Annotated[
-        str | None, opt("Comma-separated recipe differences to switch on alone [default: all].")
+        str | None,
+        opt("Comma-separated recipe differences to switch on alone, or none [default: all]."),
     ] = None
 
 
@@ -212,6 +228,7 @@ def configure(options: Options, given: Given) -> AblateConfig:
         raise UserError("ablate trains under both recipes; drop --recipe")
     names = options.differences.split(",") if options.differences else None
     values = settings("ablate", given.models.student, {"differences": names}, given.train.preset)
+    chosen = tuple(name.strip() for name in values.get("differences", [])) or tuple(DIFFERENCES)
     bases = {
         recipe: replace(given.train, recipe=recipe).config(given, n=options.n)
         for recipe in ("esr-lab", "paper-code")
@@ -219,8 +236,7 @@ def configure(options: Options, given: Given) -> AblateConfig:
     return AblateConfig(
         esr_lab=bases["esr-lab"],
         paper_code=bases["paper-code"],
-        differences=tuple(name.strip() for name in values.get("differences", []))
-        or tuple(DIFFERENCES),
+        differences=() if chosen == (NO_DIFFERENCES,) else chosen,
         seeds=given.seeds,
     )
 
