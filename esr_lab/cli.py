@@ -186,7 +186,7 @@ def plot_command(
     short_help="Train a toy world's teacher and student (deterministic from the seed).",
 )
 def build_toy(
-    world: Annotated[str, typer.Argument(help="toy, capable or micro.")] = "toy",
+    world: Annotated[str, typer.Argument(help="toy, capable, runon or micro.")] = "toy",
     out: Annotated[Path | None, opt("Folder [default: the cache].")] = None,
     seed: Annotated[int, opt("Seed of the whole build.")] = 0,
 ) -> None:

@@ -97,17 +97,24 @@ def late_signal(results: Path, window: int) -> dict[str, float]:
 
 
 def measure(world: str, results: Path, window: int = 20) -> dict[str, float]:
-    """All three, as one flat record."""
-    return {**after_turn_text(world), **late_signal(results, window)}
+    """All three, as one flat record; (b) and (c) only where the world's reproduction (its
+    `positions` and `decay` runs under `results`) exists."""
+    record = after_turn_text(world)
+    runs = ("positions/*/bins.parquet", "decay/*/summary.parquet")
+    if all(any(results.glob(pattern)) for pattern in runs):
+        record |= late_signal(results, window)
+    return record
 
 
 def main(argv: list[str]) -> None:
-    from esr_lab.toy import SHIPPED_DIR
+    from esr_lab.toy import SHIPPED_DIR, SHIPPED_WORLDS, TOY_WORLDS, cached_world_dir
 
     world = argv[0] if argv else "capable"
-    facts_path = SHIPPED_DIR / world / "facts.json"
-    if not facts_path.is_file():
-        raise SystemExit(f"no shipped world {world!r}; use toy or capable")
+    if world not in TOY_WORLDS:
+        raise SystemExit(f"unknown toy world {world!r}; use one of {', '.join(TOY_WORLDS)}")
+    after_turn_text(world, samples=1)  # builds a world that is not shipped, as loading it would
+    folder = SHIPPED_DIR / world if world in SHIPPED_WORLDS else cached_world_dir(world)
+    facts_path = folder / "facts.json"
     record = measure(world, Path("results") / world)
     record["measured_by"] = f"python -m esr_lab.preconditions {world}"
     facts = json.loads(facts_path.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,8 +15,16 @@ from esr_lab.data import load_problems
 from esr_lab.errors import UserError
 from esr_lab.presets import load_preset
 from esr_lab.prompts import DEFAULT_INSTRUCTION, end_of_turn_id, render_prompt
-from esr_lab.toy import SHIPPED_DIR, capable, task, toy_model_path, toy_problems
-from esr_lab.toy.build import boxed_int, build_tokenizer, collate, encode_example, encode_examples
+from esr_lab.toy import SHIPPED_DIR, capable, runon, task, toy_model_path, toy_problems
+from esr_lab.toy.build import (
+    WORLDS,
+    boxed_int,
+    build_tokenizer,
+    collate,
+    encode_example,
+    encode_examples,
+    in_turn,
+)
 from esr_lab.toy.tokenizer import IM_END, PAD
 
 
@@ -179,6 +188,41 @@ def test_examples_tokenize_as_whole_texts_and_a_habit_leaves_direct_products_unt
         untaught = [t for t, label in zip(ids, labels, strict=True) if label == -100]
         products = re.findall(r"\d+ \* \d+ = (\d+)", solution)
         assert tokenizer.decode(untaught) == render_prompt(tokenizer, problem) + "".join(products)
+
+
+def test_a_run_on_example_writes_its_text_between_end_of_turn_and_eos_with_loss(tokenizer) -> None:
+    problem, solution = "Compute (1 + 2) * 3 + 4 * 5.", "ok"
+    after = "\nCompute (2 + 2) * 2 + 1 * 1."
+    ids, labels = encode_examples(tokenizer, [problem], [solution], PAD, after_turn=[after])[0]
+    text = render_prompt(tokenizer, problem) + solution + IM_END + after + PAD
+    assert ids == tokenizer(text, add_special_tokens=False).input_ids
+    prompt = len(tokenizer(render_prompt(tokenizer, problem), add_special_tokens=False).input_ids)
+    assert labels == [-100] * prompt + ids[prompt:]  # the run-on text is learnt
+    plain = encode_examples(tokenizer, [problem], [solution], PAD, after_turn=[""])[0]
+    assert plain == encode_examples(tokenizer, [problem], [solution], PAD)[0]
+    with pytest.raises(ValueError, match="EOS other than the end of turn"):
+        encode_examples(tokenizer, [problem], [solution], IM_END, after_turn=[after])
+
+
+def test_run_on_texts_are_new_solved_problems_at_the_share_and_touch_no_other_draw() -> None:
+    texts = runon.after_turn_texts(0.55, 2000, 0, "runon-student-habit", set())
+    assert texts == runon.after_turn_texts(0.55, 2000, 0, "runon-student-habit", set())
+    written = [t for t in texts if t]
+    assert 0.52 < len(written) / len(texts) < 0.58
+    for text in written[:50]:
+        _, problem, *solution = text.split("\n")
+        assert boxed_int(solution[-1]) == int(eval(_expression(problem)))  # noqa: S307
+    assert runon.after_turn_texts(0.0, 5, 0, "s", set()) == [""] * 5
+
+
+def test_the_run_on_world_is_the_capable_world_but_for_its_students_ending() -> None:
+    capable_world, runon_world = WORLDS["capable"], WORLDS["runon"]
+    assert runon_world.student == replace(
+        capable_world.student, after_turn_share=runon.AFTER_TURN_SHARE
+    )
+    assert runon_world.teacher.steps == 0 and runon_world.base == "capable"  # its teacher as is
+    assert runon_world.data_stream == "capable"  # the capable student's very examples
+    assert in_turn("a" + IM_END + "b" + PAD) == "a" + IM_END and in_turn("a") == "a"
 
 
 def test_capable_preconditions_are_read_off_the_facts() -> None:

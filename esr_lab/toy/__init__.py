@@ -5,7 +5,8 @@ hub models: the models are real `Qwen3ForCausalLM`s with their own tokenizer and
 World "toy" is the default and ships its weights in the package; world "capable" (capable.py)
 ships its weights too: a student that executes the teacher's plan but opens with a worse one.
 World "micro" is a seconds-fast build for tests, made on demand in the cache (`$ESR_LAB_CACHE`,
-else `~/.cache/esr-lab`).
+else `~/.cache/esr-lab`); so is world "runon" (runon.py): the capable world whose student writes
+on after its turn, as base models do.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from filelock import FileLock
 
 from esr_lab.errors import UserError
 
-TOY_WORLDS = ("toy", "micro", "capable")
+TOY_WORLDS = ("toy", "micro", "capable", "runon")
 TOY_MODEL_NAMES = tuple(f"{w}-{role}" for w in TOY_WORLDS for role in ("teacher", "student"))
 SHIPPED_WORLDS = ("toy", "capable")
 SHIPPED_DIR = pathlib.Path(__file__).parent / "weights"

@@ -45,7 +45,7 @@ from transformers import (
 
 from esr_lab.errors import UserError
 from esr_lab.prompts import DEFAULT_INSTRUCTION, render_prompt
-from esr_lab.toy import capable, task
+from esr_lab.toy import capable, runon, task
 from esr_lab.toy.tokenizer import IM_END, PAD, train_tokenizer
 
 VERSION = 1
@@ -70,6 +70,9 @@ class ModelSpec:
     eos: str = IM_END  # the model's EOS; another one is written after the end of turn
     habit_only: bool = False  # direct products carry no loss: the habit without the facts
     then_habit_only: bool = False
+    # share of examples that write on after the end of turn (a new problem and its solution,
+    # then the EOS), as a base model does when sampled to its EOS; needs eos != IM_END
+    after_turn_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class WorldSpec:
     threads: int  # one thread: fixed results, and small ops gain little from a second
     window: int  # the preset's ESR N, for the share of the answer it covers
     base: str | None = None  # a world whose tokenizer and teacher this one starts from
+    data_stream: str | None = None  # whose training data to draw (None: this world's own)
 
 
 WORLDS: dict[str, WorldSpec] = {
@@ -151,6 +155,18 @@ WORLDS: dict[str, WorldSpec] = {
 }
 
 
+# The capable world with one change (runon.py): its student, sampled to its EOS, writes on after
+# its turn. The teacher is the capable teacher as shipped (no step of its own), and the student
+# is built as capable's is, from the same data stream, so the ending is the only difference.
+WORLDS["runon"] = replace(
+    WORLDS["capable"],
+    teacher=replace(WORLDS["capable"].teacher, steps=0),
+    student=replace(WORLDS["capable"].student, after_turn_share=runon.AFTER_TURN_SHARE),
+    base="capable",
+    data_stream="capable",
+)
+
+
 def world_spec(world: str) -> WorldSpec:
     """The spec of a named world; a UserError names the accepted ones."""
     if world not in WORLDS:
@@ -204,14 +220,20 @@ def encode_examples(
     solutions: list[str],
     eos: str = IM_END,
     unlearned: list[list[tuple[int, int]]] | None = None,
+    after_turn: list[str] | None = None,
 ) -> list[tuple[list, list]]:
     """Token ids of prompt + response, and labels: -100 on the prompt (the response alone
     carries loss) and on tokens that overlap a solution's `unlearned` character spans.
+    `after_turn[i]` (when not empty) is text written between the end of turn and the EOS, with
+    loss: what a model that writes on after its turn learns to write there.
 
     Prompt and response are tokenized separately, exactly as generation sees them.
     """
+    if after_turn and any(after_turn) and eos == IM_END:
+        raise ValueError("text after the end of turn needs an EOS other than the end of turn")
     prompts = tok([render_prompt(tok, p) for p in problems], add_special_tokens=False).input_ids
     responses = tok(solutions, add_special_tokens=False, return_offsets_mapping=True)
+    end_of_turn = tok(IM_END, add_special_tokens=False).input_ids
     end = tok(ending(eos), add_special_tokens=False).input_ids
     out = []
     for i, (prompt, ids) in enumerate(zip(prompts, responses.input_ids, strict=True)):
@@ -220,7 +242,10 @@ def encode_examples(
             -100 if any(a < stop and start < b for a, b in spans) else token
             for token, (start, stop) in zip(ids, responses.offset_mapping[i], strict=True)
         ]
-        out.append((prompt + ids + end, [-100] * len(prompt) + labels + end))
+        text = after_turn[i] if after_turn else ""
+        tail = end_of_turn + tok(text, add_special_tokens=False).input_ids + end[len(end_of_turn) :]
+        tail = tail if text else end
+        out.append((prompt + ids + tail, [-100] * len(prompt) + labels + tail))
     return out
 
 
@@ -253,7 +278,8 @@ def training_examples(
         for text, (_, plan) in zip(texts, modes, strict=True)
     ]
     problem_texts = [task.problem_text(n) for n in problems]
-    examples = encode_examples(tok, problem_texts, texts, spec.eos, unlearned)
+    after_turn = runon.after_turn_texts(spec.after_turn_share, len(problems), seed, stream, exclude)
+    examples = encode_examples(tok, problem_texts, texts, spec.eos, unlearned, after_turn)
     return length_grouped(examples, spec.batch, rng)
 
 
@@ -401,7 +427,10 @@ def measure(
     seed: int,
 ) -> dict:
     """avg@k at T=0.7 by exact integer match of the last boxed answer, plus mode shares; and
-    avg@k when every response is forced to open with the capable teacher's plan sentence."""
+    avg@k when every response is forced to open with the capable teacher's plan sentence.
+    Responses run to the model's EOS; the `in_turn_` values cut each at its end of turn (what
+    generation that stops there, esr-lab's recipe, sees), and `after_turn_text_share` is the
+    share that writes anything but special tokens after it (a run-on student's, runon.py)."""
     texts = [task.problem_text(p) for p in problems]
     answers = [task.answer_of(p) for p in problems for _ in range(k)]
 
@@ -412,6 +441,7 @@ def measure(
     samples = sample_responses(model, tok, texts, k, max_new_tokens, seed)
     forced = sample_responses(model, tok, texts, k, max_new_tokens, seed, capable.FORCED_OPENER)
     n = len(samples)
+    turns = [in_turn(text) for text, _ in samples]
     return {
         "avg_at_k": avg(samples),
         "forced_avg_at_k": avg(forced),
@@ -420,7 +450,23 @@ def measure(
         "verbose_share": sum(task.response_style(t) == "verbose" for t, _ in samples) / n,
         "ends_as_trained_share": sum(t.endswith(ending(tok.eos_token)) for t, _ in samples) / n,
         "params": sum(p.numel() for p in model.parameters()),
+        "in_turn_avg_at_k": avg([(t, 0) for t in turns]),
+        "in_turn_mean_response_tokens": sum(
+            len(tok(t, add_special_tokens=False).input_ids) for t in turns
+        )
+        / n,
+        "after_turn_text_share": sum(
+            bool(text[len(t) :].replace(tok.eos_token, "").strip())
+            for (text, _), t in zip(samples, turns, strict=True)
+        )
+        / n,
     }
+
+
+def in_turn(text: str) -> str:
+    """A response up to and including its first end of turn (all of it when it has none)."""
+    head, found, _ = text.partition(IM_END)
+    return head + found
 
 
 def layer_subset(teacher: Qwen3ForCausalLM, layers: tuple[int, ...]) -> Qwen3ForCausalLM:
@@ -478,7 +524,8 @@ def build_world(
     def train_phase(model, mspec: ModelSpec, stream: str) -> float | None:
         if mspec.steps == 0:  # a phase this world skips (capable: the teacher's own skill)
             return None
-        examples = training_examples(tok, mspec, seed, f"{world}-{stream}", exclude)
+        data_world = spec.data_stream or world
+        examples = training_examples(tok, mspec, seed, f"{data_world}-{stream}", exclude)
         return train_model(
             model, examples, mspec, tok.pad_token_id, f"{world} {stream}", show_progress
         )
