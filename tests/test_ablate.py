@@ -76,3 +76,14 @@ def test_ablate_command(monkeypatch, capsys, tmp_path):
     assert evals.groupby("variant").train_run.nunique().eq(1).all()
     assert "minus full OPD" in out and "collapsed" in out
     assert (tmp_path / "figures" / "ablate.png").is_file()
+    # --differences none: the four recipe variants again, tabulated from the same runs
+    code, out, err = run_cli(
+        monkeypatch, capsys, tmp_path, *args, "--differences", "none", "--run-id", "recipes"
+    )
+    assert code == 0, out
+    recipes = pd.read_parquet(
+        tmp_path / "results" / "ablate" / "recipes" / "ablate_summary.parquet"
+    )
+    assert recipes.variant.tolist() == names[:4]
+    assert recipes.best_avg_at_k.tolist() == summary.best_avg_at_k.tolist()[:4]
+    assert "reused finished run" in out + err  # no variant trained again
