@@ -354,11 +354,14 @@ def with_input_hashes(config: dict[str, Any]) -> dict[str, Any]:
 def differences(saved: dict[str, Any], config: dict[str, Any], most: int = 4) -> str:
     """The settings in which two configs differ, for a one-line refusal."""
     saved_inputs, new_inputs = saved.get("inputs", {}), config.get("inputs", {})
-    keys = sorted(k for k in set(saved) | set(config) if k not in (*VOLATILE_KEYS, "inputs"))
+    old, new = _leaves(saved), _leaves(config)  # base.seed, not the whole of base
+    keys = sorted(
+        k for k in set(old) | set(new) if k.split(".")[0] not in (*VOLATILE_KEYS, "inputs")
+    )
     changed = [
-        f"{k}: {saved.get(k, '(unset)')!r} -> {config.get(k, '(unset)')!r}"
+        f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
         for k in keys
-        if saved.get(k) != config.get(k)
+        if old.get(k) != new.get(k)
     ]
     changed += [
         f"content of {config.get(k, saved.get(k))} ({k}) changed since the run was made"
@@ -367,6 +370,17 @@ def differences(saved: dict[str, Any], config: dict[str, Any], most: int = 4) ->
     ]
     more = f"; and {len(changed) - most} more" if len(changed) > most else ""
     return "; ".join(changed[:most]) + more
+
+
+def _leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys to its non-dict values."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def config_hash(config: dict[str, Any]) -> str:

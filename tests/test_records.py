@@ -34,6 +34,15 @@ def test_same_id_same_config_resumes_other_config_is_refused(tmp_path):
         open_run(tmp_path, "decay", {"seed": 1}, "../escape")
 
 
+def test_a_refusal_names_the_nested_settings_that_differ_not_whole_sections(tmp_path):
+    base = {"lr": 2e-4, "seed": 0, "sampling": {"top_p": 1.0, "top_k": 0}}
+    open_run(tmp_path, "sweep_n", {"base": base, "ns": [20]}, "mine")
+    other = {"base": {**base, "seed": 2}, "ns": [20]}
+    with pytest.raises(UserError) as refused:
+        open_run(tmp_path, "sweep_n", other, "mine")
+    assert "(base.seed: 0 -> 2); pick another --run-id" in str(refused.value)
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "x.bin"
     atomic_write_bytes(target, b"old")
