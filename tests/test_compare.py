@@ -12,7 +12,12 @@ import pytest
 
 from esr_lab.config import Sampling
 from esr_lab.errors import UserError
-from esr_lab.experiments.compare import METHODS, CompareConfig, matched_horizon
+from esr_lab.experiments.compare import (
+    METHODS,
+    CompareConfig,
+    calibration_noise,
+    matched_horizon,
+)
 from esr_lab.train_config import TrainConfig
 from tests.helpers import MICRO, run_cli
 
@@ -119,3 +124,13 @@ def test_compare_writes_one_row_per_method_budget_and_seed(monkeypatch, capsys, 
     code, _, err = run_cli(monkeypatch, capsys, tmp_path, *args)
     assert code == 0 and err.count("reused finished run") == methods.train_run.count()
     assert json.loads((run / "config.json").read_text())["time_horizons"] == config["time_horizons"]
+
+
+def test_calibration_noise_is_the_largest_shortfall_against_esr_at_its_horizon() -> None:
+    """At ESR's horizon no method does less than ESR's work, so coming out faster is noise."""
+    rows = [("esr", 20, 0.244), ("full", 20, 0.220), ("tip", 20, 0.171), ("full", 400, 0.791)]
+    calibration = pd.DataFrame(rows, columns=["method", "horizon", "seconds_per_step"])
+    assert calibration_noise(calibration) == pytest.approx(0.171 / 0.244 - 1)  # -29.9%
+    slower = calibration.assign(seconds_per_step=[0.2, 0.25, 0.3, 0.8])
+    assert calibration_noise(slower) == 0.0
+    assert calibration_noise(calibration[calibration.method == "esr"]) is None

@@ -439,10 +439,35 @@ def _with_interval(mean: float, low: float, high: float) -> str:
     return f"{mean * 100:.2f}{interval}"
 
 
+NOISE_TOLERANCE = 0.10  # how much faster than ESR a timing at ESR's horizon may come out
+
+
+def calibration_noise(calibration: pd.DataFrame) -> float | None:
+    """The calibration's own noise, read off its timings at ESR's horizon: there every method
+    does at least ESR's work (the same rollout and teacher scoring; full OPD exactly ESR's
+    computation), so a method timed faster than ESR means the machine was busy with other
+    work while it timed. Returns the largest such shortfall as a (negative) share of ESR's
+    seconds per step, 0 when none is faster, None when no other method was timed there."""
+    window = int(calibration[calibration.method == "esr"].horizon.iloc[0])
+    at_window = calibration[calibration.horizon == window].set_index("method").seconds_per_step
+    others = at_window.drop("esr")
+    if others.empty:
+        return None
+    return min(0.0, float(others.min() / at_window["esr"] - 1))
+
+
 def print_summary(result: ExperimentResult) -> None:
     title = f"Methods side by side, run {result.run_dir.run_id} (intervals: t over seeds)"
     aggregate = result.tables["seed_aggregate"]
     print_table(terminal_table(result.tables["methods"], aggregate), title)
+    calibration = result.tables.get("calibration")
+    noise = None if calibration is None else calibration_noise(calibration)
+    if noise is not None and noise < -NOISE_TOLERANCE:
+        print(
+            f"warning: the time budget is unreliable: at ESR's horizon a method that does at "
+            f"least ESR's work timed {noise:.0%} against ESR in the calibration; time again on "
+            f"a quiet machine (delete {Path(result.run_dir.path).parent / 'calibrations'})"
+        )
 
 
 EXPERIMENT = Experiment(
