@@ -225,6 +225,11 @@ def test_the_run_on_world_is_the_capable_world_but_for_its_students_ending() -> 
     assert in_turn("a" + IM_END + "b" + PAD) == "a" + IM_END and in_turn("a") == "a"
 
 
+def test_the_run_on_preset_is_the_capable_collapse_design_unchanged() -> None:
+    """The two collapse studies differ by the world alone, so the presets must agree."""
+    assert load_preset("runon") == load_preset("capable-collapse")
+
+
 def test_capable_preconditions_are_read_off_the_facts() -> None:
     facts = {
         "teacher": {"avg_at_k": 0.8},
