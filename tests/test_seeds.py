@@ -229,7 +229,10 @@ def test_figures_draw_the_seed_spread(tmp_path):
             "difference": [""] * 4,
             "train_run": ["f0", "f0", "f1", "f1"],
             "step": [0, 2, 0, 2],
-            **{c: [0.1, 0.2, 0.1, 0.3] for c in ("avg_at_k", "relaxed_avg_at_k")},
+            **{
+                c: [0.1, 0.2, 0.1, 0.3]
+                for c in ("avg_at_k", "relaxed_avg_at_k", "first_boxed_avg_at_k")
+            },
             **{c: [1.0] * 4 for c in ("mean_tokens", "multi_boxed_pct", "repetitive_pct")},
             "boxes_per_response": [1.0] * 4,
         }
