@@ -107,14 +107,13 @@ def measure(world: str, results: Path, window: int = 20) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    from esr_lab.toy import SHIPPED_DIR, SHIPPED_WORLDS, TOY_WORLDS, cached_world_dir
+    from esr_lab.toy import TOY_WORLDS, toy_model_path
 
     world = argv[0] if argv else "capable"
     if world not in TOY_WORLDS:
         raise SystemExit(f"unknown toy world {world!r}; use one of {', '.join(TOY_WORLDS)}")
-    after_turn_text(world, samples=1)  # builds a world that is not shipped, as loading it would
-    folder = SHIPPED_DIR / world if world in SHIPPED_WORLDS else cached_world_dir(world)
-    facts_path = folder / "facts.json"
+    # the world's folder: shipped, or cached (built first when missing, as loading it would)
+    facts_path = toy_model_path(f"{world}-student").parent / "facts.json"
     record = measure(world, Path("results") / world)
     record["measured_by"] = f"python -m esr_lab.preconditions {world}"
     facts = json.loads(facts_path.read_text())

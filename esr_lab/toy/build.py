@@ -234,7 +234,8 @@ def encode_examples(
     prompts = tok([render_prompt(tok, p) for p in problems], add_special_tokens=False).input_ids
     responses = tok(solutions, add_special_tokens=False, return_offsets_mapping=True)
     end_of_turn = tok(IM_END, add_special_tokens=False).input_ids
-    end = tok(ending(eos), add_special_tokens=False).input_ids
+    eos_ids = tok(ending(eos), add_special_tokens=False).input_ids[len(end_of_turn) :]
+    written = tok(after_turn, add_special_tokens=False).input_ids if after_turn else None
     out = []
     for i, (prompt, ids) in enumerate(zip(prompts, responses.input_ids, strict=True)):
         spans = unlearned[i] if unlearned else []
@@ -242,9 +243,7 @@ def encode_examples(
             -100 if any(a < stop and start < b for a, b in spans) else token
             for token, (start, stop) in zip(ids, responses.offset_mapping[i], strict=True)
         ]
-        text = after_turn[i] if after_turn else ""
-        tail = end_of_turn + tok(text, add_special_tokens=False).input_ids + end[len(end_of_turn) :]
-        tail = tail if text else end
+        tail = end_of_turn + (written[i] if written else []) + eos_ids  # "" tokenizes to []
         out.append((prompt + ids + tail, [-100] * len(prompt) + labels + tail))
     return out
 

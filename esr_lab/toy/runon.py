@@ -21,8 +21,8 @@ what the student learnt (`facts.json`, and `python -m esr_lab.preconditions runo
 under `--recipe paper-code` (`--no-stop-at-end-of-turn`) it is sampled and trained on. Nothing
 here is chosen for how OPD will do on the world.
 
-The world is built on first use into the cache (`esr-lab build-toy runon`, about 5 minutes on
-one CPU thread), not shipped.
+The world is built on first use into the cache (`esr-lab build-toy runon`; 851 s measured on
+one CPU thread while other jobs shared the machine), not shipped.
 """
 
 from __future__ import annotations
