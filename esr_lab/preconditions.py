@@ -16,7 +16,11 @@ design. Three things the paper's setting has and a world may lack, each measured
 
 `python -m esr_lab.preconditions WORLD` measures (a), reads (b) and (c) from
 results/WORLD/, prints them and writes them into the world's facts.json as
-`collapse_preconditions`. Nothing here changes a world; it only describes it.
+`collapse_preconditions`. `python -m esr_lab.preconditions real-cpu` does the same for the real
+pair run here (Gemma 3 270M base taught by SmolLM2-135M-Instruct), from its committed runs
+alone, into results/real-cpu/facts.json: a base model has no end of turn, so (a) there is the
+text it writes after starting a new turn of its plain prompt format ("Question:").
+Nothing here changes a world; it only describes it.
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ import pandas as pd
 
 from esr_lab.config import ModelPair, Sampling
 from esr_lab.data import load_problems
-from esr_lab.records import read_table
+from esr_lab.prompts import PLAIN_FORMAT
+from esr_lab.records import atomic_write_bytes, read_table
 from esr_lab.seeding import row_seed
 
 SAMPLES = 200  # held-out test problems, one sample each, at the worlds' T = 0.7
 MAX_NEW_TOKENS = 400  # the worlds' training budget
+# A base model's next turn in the plain format: the text before the first "{message}" field
+# after the BOS, i.e. "Question:".
+PLAIN_TURN_MARKER = PLAIN_FORMAT.removeprefix("{bos}").split(" {message}")[0]
+REAL_WORLDS = ("real-cpu",)  # real pairs whose committed runs under results/ describe them
 
 
 def after_turn_text(
@@ -67,58 +76,127 @@ def after_turn_text(
     }
 
 
-def late_signal(results: Path, window: int) -> dict[str, float]:
+def after_answer_text(samples: pd.DataFrame, marker: str = PLAIN_TURN_MARKER) -> dict[str, float]:
+    """(a) for a model without a chat template: how often its sampled completions start a new
+    turn of the plain format (`marker`, "Question:") after answering, and the share of their
+    characters from that point on, which the released code would train on."""
+    at = samples.completion.str.find(marker)
+    writes_on = at >= 0
+    after = (samples.completion.str.len() - at).where(writes_on, 0)
+    return {
+        "after_turn_text_share": float(writes_on.mean()),
+        "after_turn_text_chars_share": float(after.sum() / samples.completion.str.len().sum()),
+        "ends_at_budget_share": float(1 - samples.finished.mean()),
+    }
+
+
+def _positions_bins(results: Path, to_end_of_turn: bool) -> pd.DataFrame | None:
+    """The untrained student's bins of the world's `positions` run sampled one way: to its end
+    of turn (the reproduction every world has) or to its EOS (the released code's sampling)."""
+    for path in sorted(results.glob("positions/*/bins.parquet")):
+        config = json.loads((path.parent / "config.json").read_text())
+        if config["sampling"]["stop_at_end_of_turn"] == to_end_of_turn:
+            bins = read_table(path)
+            return bins[bins.model == "base"]
+    return None
+
+
+def _weighted(frame: pd.DataFrame, column: str) -> float:
+    return float((frame[column] * frame.tokens).sum() / frame.tokens.sum())
+
+
+def late_signal(results: Path, window: int | None = None) -> dict[str, float]:
     """(b) and (c) from a world's committed reproduction: teacher entropy inside and past the
     window on the untrained student's rollouts, the share of tokens past it, and the teacher's
-    accuracy from the shortest and longest student prefixes that decay tried."""
-    bins = read_table(next(results.glob("positions/*/bins.parquet")))
-    bins = bins[bins.model == "base"]
+    accuracy from the shortest and longest student prefixes that decay tried. `window` defaults
+    to the one the positions run shaded. Where a second positions run sampled to the EOS, its
+    past-window entropy and share come too (`*_to_eos`): the run-on text's signal."""
+    bins = _positions_bins(results, to_end_of_turn=True)
+    window = int(bins.window.iloc[0]) if window is None else window
     inside, past = bins[bins.bin_start < window], bins[bins.bin_start >= window]
-
-    def weighted(frame: pd.DataFrame, column: str) -> float:
-        return float((frame[column] * frame.tokens).sum() / frame.tokens.sum())
 
     decay = read_table(next(results.glob("decay/*/summary.parquet")))
     prefixes = decay[(decay.condition == "teacher_from_prefix") & (decay.prefix_tokens > 0)]
     shortest = prefixes.loc[prefixes.prefix_tokens.idxmin()]
     longest = prefixes.loc[prefixes.prefix_tokens.idxmax()]
     alone = decay[decay.condition == "teacher_alone"].avg_at_k.iloc[0]
-    return {
+    record = {
         "window": window,
         "past_window_share": float(past.tokens.sum() / bins.tokens.sum()),
-        "teacher_entropy_in_window": weighted(inside, "teacher_entropy"),
-        "teacher_entropy_past_window": weighted(past, "teacher_entropy"),
+        "teacher_entropy_in_window": _weighted(inside, "teacher_entropy"),
+        "teacher_entropy_past_window": _weighted(past, "teacher_entropy"),
         "teacher_alone_avg": float(alone),
         "teacher_from_shortest_prefix_avg": float(shortest.avg_at_k),
         "shortest_prefix_tokens": int(shortest.prefix_tokens),
         "teacher_from_longest_prefix_avg": float(longest.avg_at_k),
         "longest_prefix_tokens": int(longest.prefix_tokens),
     }
+    to_eos = _positions_bins(results, to_end_of_turn=False)
+    if to_eos is not None:
+        past_eos = to_eos[to_eos.bin_start >= window]
+        record["past_window_share_to_eos"] = float(past_eos.tokens.sum() / to_eos.tokens.sum())
+        record["teacher_entropy_past_window_to_eos"] = _weighted(past_eos, "teacher_entropy")
+    return record
+
+
+def _has_reproduction(results: Path) -> bool:
+    runs = ("positions/*/bins.parquet", "decay/*/summary.parquet")
+    return all(any(results.glob(pattern)) for pattern in runs)
 
 
 def measure(world: str, results: Path, window: int = 20) -> dict[str, float]:
     """All three, as one flat record; (b) and (c) only where the world's reproduction (its
     `positions` and `decay` runs under `results`) exists."""
     record = after_turn_text(world)
-    runs = ("positions/*/bins.parquet", "decay/*/summary.parquet")
-    if all(any(results.glob(pattern)) for pattern in runs):
+    if _has_reproduction(results):
         record |= late_signal(results, window)
     return record
+
+
+def measure_real(results: Path) -> dict[str, float | str]:
+    """All three for a real pair, from its committed runs: (a) from the student's `eval` run on
+    the world's task, (b) and (c) from its `positions` and `decay` runs."""
+    positions = json.loads(next(results.glob("positions/*/config.json")).read_text())
+    student = positions["pair"]["student"]
+    evals = [
+        path.parent
+        for path in sorted(results.glob("eval/*/config.json"))
+        if json.loads(path.read_text())["model"] == student
+    ]
+    if not evals or not _has_reproduction(results):
+        raise SystemExit(
+            f"{results} lacks the student's eval run or the positions and decay runs; "
+            "run them first (README, 'The real-CPU world')"
+        )
+    record: dict[str, float | str] = {"student": student, "after_turn_from": evals[0].name}
+    record |= after_answer_text(read_table(evals[0] / "samples.parquet"))
+    return record | late_signal(results)
 
 
 def main(argv: list[str]) -> None:
     from esr_lab.toy import TOY_WORLDS, toy_model_path
 
     world = argv[0] if argv else "capable"
-    if world not in TOY_WORLDS:
-        raise SystemExit(f"unknown toy world {world!r}; use one of {', '.join(TOY_WORLDS)}")
-    # the world's folder: shipped, or cached (built first when missing, as loading it would)
-    facts_path = toy_model_path(f"{world}-student").parent / "facts.json"
-    record = measure(world, Path("results") / world)
+    if world not in TOY_WORLDS + REAL_WORLDS:
+        worlds = ", ".join(TOY_WORLDS + REAL_WORLDS)
+        raise SystemExit(f"unknown world {world!r}; use one of {worlds}")
+    results = Path("results") / world
+    if world in REAL_WORLDS:
+        facts_path = results / "facts.json"
+        record = measure_real(results)
+    else:
+        # the world's folder: shipped, or cached (built first when missing, as loading it would)
+        facts_path = toy_model_path(f"{world}-student").parent / "facts.json"
+        record = measure(world, results)
     record["measured_by"] = f"python -m esr_lab.preconditions {world}"
-    facts = json.loads(facts_path.read_text())
+    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {"world": world}
     facts["collapse_preconditions"] = record
-    facts_path.write_text(json.dumps(facts, indent=2) + "\n")
+    # Key order is kept as the build wrote it, so only this record changes. A cached world's
+    # facts are committed as results/WORLD/facts.json (runon's); that copy takes it too.
+    text = (json.dumps(facts, indent=2) + "\n").encode()
+    committed = results / "facts.json"
+    for path in {facts_path, committed} if committed.exists() else {facts_path}:
+        atomic_write_bytes(path, text)
     for key, value in record.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
 
