@@ -36,6 +36,7 @@ from esr_lab.data import load_problems
 from esr_lab.prompts import PLAIN_FORMAT
 from esr_lab.records import atomic_write_bytes, read_table
 from esr_lab.seeding import row_seed
+from esr_lab.token_text import special_ids
 
 SAMPLES = 200  # held-out test problems, one sample each, at the worlds' T = 0.7
 MAX_NEW_TOKENS = 400  # the worlds' training budget
@@ -46,30 +47,39 @@ REAL_WORLDS = ("real-cpu",)  # real pairs whose committed runs under results/ de
 
 
 def after_turn_text(
-    world: str, samples: int = SAMPLES, max_new_tokens: int = MAX_NEW_TOKENS
+    world: str,
+    samples: int = SAMPLES,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    adapter: str | None = None,
 ) -> dict[str, float]:
     """(a): the student sampled to its EOS; how often, and how much, it writes text after its
-    end of turn, and how often it runs to the budget without an EOS."""
+    end of turn, how often it runs to the budget without an EOS, and how many end-of-turn ids
+    it writes in a row. With `adapter` (a checkpoint of `esr-lab train`), the trained student."""
+    from esr_lab.adapters import load_adapter
     from esr_lab.policy import load_policy
 
     student = load_policy(f"{world}-student", ModelPair(student=f"{world}-student"))
+    if adapter is not None:
+        load_adapter(student, adapter)
     loaded = student.loaded
     end_of_turn = loaded.end_of_turn_id
-    special = set(loaded.tokenizer.all_special_ids)
+    special = special_ids(loaded.tokenizer)  # <|im_end|> written again is not text
     problems = load_problems(world, limit=samples)
     prompts = [student.prompt_ids(p.problem) for p in problems]
     seeds = [row_seed(0, "preconditions", p.id) for p in problems]
     sampling = Sampling(max_new_tokens=max_new_tokens, stop_at_end_of_turn=False)
     rollouts = student.engine.generate(prompts, seeds, sampling)
-    text_after, tokens_after = [], []
+    text_after, tokens_after, repeats = [], [], []
     for ids in rollouts.completion_ids:
         after = ids[ids.index(end_of_turn) + 1 :] if end_of_turn in ids else []
         words = [i for i in after if i not in special]
         text_after.append(bool(words))
         tokens_after.append(len(words))
+        repeats.append(next((k for k, i in enumerate(after) if i != end_of_turn), len(after)))
     return {
         "after_turn_text_share": sum(text_after) / len(text_after),
         "after_turn_text_tokens_mean": sum(tokens_after) / len(tokens_after),
+        "end_of_turn_repeats_mean": sum(repeats) / len(repeats),
         "ends_at_budget_share": 1 - sum(rollouts.finished) / len(rollouts.finished),
         "end_of_turn_share": sum(end_of_turn in ids for ids in rollouts.completion_ids)
         / len(rollouts.completion_ids),
@@ -95,7 +105,8 @@ def _positions_bins(results: Path, to_end_of_turn: bool) -> pd.DataFrame | None:
     of turn (the reproduction every world has) or to its EOS (the released code's sampling)."""
     for path in sorted(results.glob("positions/*/bins.parquet")):
         config = json.loads((path.parent / "config.json").read_text())
-        if config["sampling"]["stop_at_end_of_turn"] == to_end_of_turn:
+        # runs from before the option existed (the toy world's) stopped at the end of turn
+        if config["sampling"].get("stop_at_end_of_turn", True) == to_end_of_turn:
             bins = read_table(path)
             return bins[bins.model == "base"]
     return None

@@ -56,14 +56,21 @@ def _sentencepiece_bytes(token: str) -> bytes:
     return token.replace(_SPACE_MARKER, " ").encode()
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Every special id: the named ones (`all_special_ids`: BOS, EOS, pad, ...) and the added
+    tokens marked special, which `all_special_ids` leaves out (a chat template's `<|im_end|>`)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+
+
 def token_keys(tokenizer: Any) -> dict[bytes | str, int]:
     """Each key (see the module's docstring) and the one id of this vocabulary that writes it."""
     added = getattr(tokenizer, "added_tokens_decoder", {})
-    special_ids = set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+    special = special_ids(tokenizer)
     spell = _byte_level_bytes if is_byte_level(tokenizer) else _sentencepiece_bytes
     ranked: list[tuple[int, int, bytes | str]] = []
     for token, i in tokenizer.get_vocab().items():
-        if i in special_ids:
+        if i in special:
             ranked.append((0, i, token))
         elif i in added:  # added tokens are stored as the text they write
             ranked.append((1, i, token.encode()))

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from esr_lab.crosstok import shared_vocab
-from esr_lab.token_text import is_byte_level, match_by_text, token_keys
+from esr_lab.token_text import is_byte_level, match_by_text, special_ids, token_keys
 from tests.tiny_models import CORPUS, byte_level_tokenizer
 
 # A SentencePiece-style vocabulary (Gemma's decoder): `▁` pieces, byte tokens, specials.
@@ -33,6 +33,16 @@ def test_sentencepiece_keys_are_the_bytes_each_piece_writes() -> None:
     assert keys[b"\xe2"] == 4  # a byte token writes its byte
     assert keys[b"A"] == 5  # the piece, not its byte token <0x41>, owns "A"
     assert keys["<eos>"] == 1 and b"<eos>" not in keys  # a special writes no text
+
+
+def test_special_ids_include_added_special_tokens() -> None:
+    # an added special token, as a chat template's <|im_end|>, is not in all_special_ids
+    sp = sentencepiece_tokenizer()
+    sp.add_tokens(["<end_of_turn>"], special_tokens=True)
+    sp.add_tokens(["plain"])  # an added token that is not special stays out
+    end_of_turn = sp.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn not in sp.all_special_ids
+    assert special_ids(sp) == {0, 1, 2, end_of_turn}
 
 
 def test_byte_level_keys_read_the_byte_alphabet() -> None:
