@@ -222,27 +222,31 @@ def plot_ablate(evals: pd.DataFrame, paths: list[Path]) -> None:
     _save(fig, paths)
 
 
-BUDGET_MARKERS = {"tokens": "o", "time": "s"}
+BUDGET_MARKERS = {"tokens": "o", "time": "s", "own": "^"}
 
 
 def plot_compare(methods: pd.DataFrame, paths: list[Path], benchmark: str = "avg@k") -> None:
     """Best accuracy against training compute (seconds of training steps), one point per
     method, budget and seed: colour per method (ESR green), marker per budget, hollow for the
-    unmatched reference (full OPD under the token budget)."""
+    unmatched reference (full OPD under the token budget); a method in its own form (budget
+    `own`) is drawn filled, as no method there is matched."""
     fig, ax = plt.subplots(figsize=(10, 5))
     tab10 = plt.get_cmap("tab10").colors
     others = iter(c for i, c in enumerate(tab10) if i != 2)  # tab10's green would pass for ESR
     colors = {m: ESR_COLOR if m == "esr" else next(others) for m in methods.method.unique()}
     for (method, budget), part in methods.groupby(["method", "budget"], sort=False):
         matched = bool(part.matched.all())
+        own = budget == "own"
         ax.scatter(
             part.train_seconds,
             part.best_avg_at_k * 100,
             marker=BUDGET_MARKERS[budget],
             s=45,
-            facecolors=colors[method] if matched else "none",
+            facecolors=colors[method] if matched or own else "none",
             edgecolors=colors[method],
-            label=f"{method}, same {budget}" + ("" if matched else " (reference)"),
+            label=f"{method}, own form"
+            if own
+            else f"{method}, same {budget}" + ("" if matched else " (reference)"),
         )
     ax.set_xscale("log")
     _style(

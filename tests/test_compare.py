@@ -16,6 +16,7 @@ from esr_lab.experiments.compare import (
     METHODS,
     CompareConfig,
     calibration_noise,
+    is_matched,
     matched_horizon,
 )
 from esr_lab.train_config import TrainConfig
@@ -76,6 +77,21 @@ def test_time_budget_keeps_each_form_at_its_horizon_and_the_evaluation_as_it_was
     assert variants["tip"].budget == 13  # TIP keeps half its rollout: ceil(25 / 2)
     assert variants["popd"].progressive[1] == cfg.popd_horizon(20)
     assert CompareConfig(base=BASE, budgets=("tokens",)).timed_methods() == []
+
+
+def test_own_budget_trains_every_form_over_the_whole_rollout():
+    cfg = CompareConfig(base=BASE, budgets=("own",))
+    assert cfg.timed_methods() == []  # nothing to time: no horizon is matched
+    variants = {m: v for m, _, v in cfg.variants({})}
+    assert variants["esr"] == cfg.token_variant("esr")  # ESR at N, the reference
+    for method in ("full", "iw_opd", "eopd", "power_opd", "tip"):
+        assert variants[method].rollout_tokens(1) == 40, method
+    assert variants["full"] == replace(BASE, selector="all", n=None)  # sweep-n's own full run
+    assert variants["iw_opd"].selector == "all" and variants["iw_opd"].position_weights == "iw_opd"
+    assert variants["tip"].budget == 20  # TIP keeps half of its 40-token rollout
+    assert variants["popd"].progressive == (4, 40)  # ceil(0.1 x 40) = 4, up to the budget
+    assert [is_matched(m, "own") for m in ("esr", "full", "tip")] == [True, False, False]
+    assert not is_matched("full", "tokens") and is_matched("full", "time")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ paper is silent):
 TOPD (arXiv 2605.31490) and Prefix-OPD (arXiv 2602.15260) truncate the rollout and train every
 position of it: at a matched budget that is ESR's computation, so they are run once, as esr.
 
-Two budgets:
+Two matched budgets, and each method's own form:
 - tokens: at most N loss-carrying positions per rollout, N the ESR window. Methods that train
   every position of their rollout (iw_opd, eopd, power_opd) do so on ESR's window, POPD's
   horizon grows to N, and TIP draws N positions of a full rollout. Full OPD has no such version
@@ -29,6 +29,10 @@ Two budgets:
   mean step then costs ESR's under that line). The timings are saved under
   `<results>/compare/calibrations/` by a hash of everything they depend on and reused, so that a
   rerun trains the same configs (and resumes); they hold for the machine they were taken on.
+- own (`--budgets own`, not in the default): every method in its own form over the whole
+  rollout budget, as its paper trains it, and ESR at N; nothing is matched (`matched` false but
+  for ESR). It asks what each method does over whole rollouts, such as whether it goes through
+  a collapse that full OPD goes through, not which is best for the compute.
 
 Every variant is a content-addressed training run (common.train_family) trained once per seed;
 rows: one per method, budget and seed in `methods.parquet` (best and final avg@k, the collapse
@@ -70,7 +74,8 @@ if TYPE_CHECKING:
     from esr_lab.train_config import TrainConfig
 
 METHODS = ("esr", "full", "iw_opd", "popd", "tip", "eopd", "power_opd")
-BUDGETS = ("tokens", "time")
+BUDGETS = ("tokens", "time", "own")
+DEFAULT_BUDGETS = ("tokens", "time")  # `own` answers another question; asked for by name
 DEFAULT_SEEDS = (0, 1, 2)
 EOPD_COEF = 1.0  # EOPD's alpha (its released code's soft_kd_loss_coef default)
 # Methods whose time-budget horizon is timed; POPD's follows from full OPD's, ESR's is N.
@@ -120,7 +125,7 @@ def with_horizon(base: TrainConfig, horizon: int) -> TrainConfig:
 class CompareConfig:
     base: TrainConfig = field(default_factory=default_train_config)
     methods: tuple[str, ...] = METHODS
-    budgets: tuple[str, ...] = BUDGETS
+    budgets: tuple[str, ...] = DEFAULT_BUDGETS
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     popd_start: float = 0.1  # POPD's first horizon as a share of its last (TOPD's 10%)
     tip_keep: float = 0.5  # TIP's share of its rollout under the time budget (TIP's 50%)
@@ -207,6 +212,10 @@ class CompareConfig:
             return self.native("popd", self.popd_horizon(horizons["full"]))
         return self.native(method, horizons[method])
 
+    def own_variant(self, method: str) -> TrainConfig:
+        """`method` in its own form over the whole rollout budget; ESR at N."""
+        return self.native(method, self.window if method == "esr" else self.budget)
+
     def popd_horizon(self, matched: int) -> int:
         """POPD's last horizon: the smallest whose linear ramp (from `popd_start` of it)
         averages at least `matched` tokens over the run's steps, or the budget."""
@@ -238,10 +247,20 @@ class CompareConfig:
             for method in self.methods:
                 if budget == "tokens":
                     cfg = self.token_variant(method)
-                else:
+                elif budget == "time":
                     cfg = self.time_variant(method, horizons)
+                else:
+                    cfg = self.own_variant(method)
                 out.append((method, budget, cfg))
         return out
+
+
+def is_matched(method: str, budget: str) -> bool:
+    """Whether the variant is matched to ESR under its budget: full OPD has no token-matched
+    version (on N tokens it is ESR), and in their own forms only ESR, the reference, is."""
+    if budget == "own":
+        return method == "esr"
+    return not (method == "full" and budget == "tokens")
 
 
 def _share(share: float, horizon: int) -> int:
@@ -337,7 +356,7 @@ def method_rows(
                 "run_id": run_id,
                 "method": method,
                 "budget": budget,
-                "matched": not (method == "full" and budget == "tokens"),
+                "matched": is_matched(method, budget),
                 "seed": cfg.seed,
                 "train_run": run.run_id,
                 "horizon": int(cfg.rollout_tokens(cfg.steps)),
@@ -363,7 +382,11 @@ class Options:
         str | None, opt(f"Comma-separated methods [default: {','.join(METHODS)}].")
     ] = None
     budgets: Annotated[
-        str | None, opt("Matched budgets: tokens, time, or both [default: tokens,time].")
+        str | None,
+        opt(
+            "Budgets: tokens, time (matched to ESR's), own (each method's own form over the "
+            "whole rollout) [default: tokens,time]."
+        ),
     ] = None
 
 
@@ -421,7 +444,8 @@ def terminal_table(methods: pd.DataFrame, aggregate: pd.DataFrame) -> pd.DataFra
     own = aggregate[aggregate.reference == ""].set_index(["variant", "metric"])
     rows = []
     for (method, budget), part in methods.groupby(["method", "budget"], sort=False):
-        row = {"method": method, "same": budget + ("" if part.matched.all() else " (ref)")}
+        unmatched = "" if part.matched.all() or budget == "own" else " (ref)"
+        row = {"method": method, "same": BUDGET_LABELS[budget] + unmatched}
         for metric, title in (("best_avg_at_k", "best"), ("final_avg_at_k", "final")):
             cell = own.loc[(f"{method}/{budget}", metric)]
             row[f"{title} % (CI)"] = _with_interval(cell["mean"], cell.ci_low, cell.ci_high)
@@ -438,6 +462,8 @@ def _with_interval(mean: float, low: float, high: float) -> str:
     interval = "" if math.isnan(low) else f" ({low * 100:.2f}..{high * 100:.2f})"
     return f"{mean * 100:.2f}{interval}"
 
+
+BUDGET_LABELS = {"tokens": "tokens", "time": "time", "own": "none: own form"}
 
 NOISE_TOLERANCE = 0.10  # how much faster than ESR a timing at ESR's horizon may come out
 
