@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -38,6 +39,10 @@ from esr_lab.records import atomic_write_bytes, read_table
 from esr_lab.seeding import row_seed
 from esr_lab.token_text import special_ids
 
+if TYPE_CHECKING:  # the model code loads only when a world is sampled
+    from esr_lab.policy import Policy
+    from esr_lab.rollout import Rollouts
+
 SAMPLES = 200  # held-out test problems, one sample each, at the worlds' T = 0.7
 MAX_NEW_TOKENS = 400  # the worlds' training budget
 # A base model's next turn in the plain format: the text before the first "{message}" field
@@ -46,29 +51,33 @@ PLAIN_TURN_MARKER = PLAIN_FORMAT.removeprefix("{bos}").split(" {message}")[0]
 REAL_WORLDS = ("real-cpu",)  # real pairs whose committed runs under results/ describe them
 
 
-def after_turn_text(
+def sample_to_eos(
     world: str,
     samples: int = SAMPLES,
     max_new_tokens: int = MAX_NEW_TOKENS,
     adapter: str | None = None,
-) -> dict[str, float]:
-    """(a): the student sampled to its EOS; how often, and how much, it writes text after its
-    end of turn, how often it runs to the budget without an EOS, and how many end-of-turn ids
-    it writes in a row. With `adapter` (a checkpoint of `esr-lab train`), the trained student."""
+) -> tuple[Policy, list[list[int]], Rollouts]:
+    """The world's student (with `adapter`, a checkpoint of `esr-lab train`: the trained one)
+    sampled to its EOS, as the released code samples, on held-out problems: the student, its
+    prompts and its rollouts."""
     from esr_lab.adapters import load_adapter
     from esr_lab.policy import load_policy
 
     student = load_policy(f"{world}-student", ModelPair(student=f"{world}-student"))
     if adapter is not None:
         load_adapter(student, adapter)
-    loaded = student.loaded
-    end_of_turn = loaded.end_of_turn_id
-    special = special_ids(loaded.tokenizer)  # <|im_end|> written again is not text
     problems = load_problems(world, limit=samples)
     prompts = [student.prompt_ids(p.problem) for p in problems]
     seeds = [row_seed(0, "preconditions", p.id) for p in problems]
     sampling = Sampling(max_new_tokens=max_new_tokens, stop_at_end_of_turn=False)
-    rollouts = student.engine.generate(prompts, seeds, sampling)
+    return student, prompts, student.engine.generate(prompts, seeds, sampling)
+
+
+def after_turn_text(student: Policy, rollouts: Rollouts) -> dict[str, float]:
+    """(a): how often, and how much, the student writes text after its end of turn, how often it
+    runs to the budget without an EOS, and how many end-of-turn ids it writes in a row."""
+    end_of_turn = student.loaded.end_of_turn_id
+    special = special_ids(student.tokenizer)  # <|im_end|> written again is not text
     text_after, tokens_after, repeats = [], [], []
     for ids in rollouts.completion_ids:
         after = ids[ids.index(end_of_turn) + 1 :] if end_of_turn in ids else []
@@ -83,6 +92,39 @@ def after_turn_text(
         "ends_at_budget_share": 1 - sum(rollouts.finished) / len(rollouts.finished),
         "end_of_turn_share": sum(end_of_turn in ids for ids in rollouts.completion_ids)
         / len(rollouts.completion_ids),
+    }
+
+
+def teacher_after_turn(
+    world: str, student: Policy, prompts: list[list[int]], rollouts: Rollouts
+) -> dict[str, float]:
+    """(b) past the turn: the teacher's next-token distribution right after the student's end
+    of turn, the position where the student writes its EOS (or, run on, more text). A teacher
+    that ends at the end of turn was never trained past it; full OPD on rollouts sampled to the
+    EOS trains the student toward this distribution there. Its mean probability of the
+    student's EOS and of the end of turn again, and how often the end of turn is its top id."""
+    import torch
+
+    from esr_lab.policy import load_policy
+
+    teacher = load_policy(f"{world}-teacher", ModelPair(student=f"{world}-teacher"))
+    end_of_turn, eos = student.loaded.end_of_turn_id, student.tokenizer.eos_token_id
+    p_eos, p_again, top_again = [], [], []
+    for prompt, ids in zip(prompts, rollouts.completion_ids, strict=True):
+        if end_of_turn not in ids:
+            continue
+        context = torch.tensor([prompt + ids[: ids.index(end_of_turn) + 1]])
+        with torch.no_grad():  # the toy worlds share one tokenizer: the same ids
+            probs = teacher.loaded.model(context).logits[0, -1].softmax(-1)
+        p_eos.append(float(probs[eos]))
+        p_again.append(float(probs[end_of_turn]))
+        top_again.append(int(probs.argmax()) == end_of_turn)
+    if not p_eos:
+        return {}
+    return {
+        "teacher_p_student_eos_after_turn": sum(p_eos) / len(p_eos),
+        "teacher_p_end_of_turn_again": sum(p_again) / len(p_again),
+        "teacher_top_is_end_of_turn_again_share": sum(top_again) / len(top_again),
     }
 
 
@@ -158,7 +200,9 @@ def _has_reproduction(results: Path) -> bool:
 def measure(world: str, results: Path, window: int = 20) -> dict[str, float]:
     """All three, as one flat record; (b) and (c) only where the world's reproduction (its
     `positions` and `decay` runs under `results`) exists."""
-    record = after_turn_text(world)
+    student, prompts, rollouts = sample_to_eos(world)
+    record = after_turn_text(student, rollouts)
+    record |= teacher_after_turn(world, student, prompts, rollouts)
     if _has_reproduction(results):
         record |= late_signal(results, window)
     return record

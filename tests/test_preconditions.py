@@ -4,11 +4,19 @@ micro world for a toy world's (a)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from esr_lab.preconditions import after_answer_text, after_turn_text, late_signal, measure_real
+from esr_lab.preconditions import (
+    after_answer_text,
+    after_turn_text,
+    late_signal,
+    measure_real,
+    sample_to_eos,
+    teacher_after_turn,
+)
 
 
 def _write(folder, name, frame, config=None):
@@ -102,8 +110,29 @@ def test_measure_real_without_the_runs_says_what_to_run(tmp_path):
         measure_real(tmp_path)
 
 
-def test_after_turn_text_on_the_micro_world():
-    got = after_turn_text("micro", samples=4, max_new_tokens=48)
+def test_after_turn_text_counts_what_follows_the_end_of_turn():
+    # ids: 7 = end of turn (an added special, as <|im_end|>), 0 = EOS, 1 = another special;
+    # 5 and 6 are text
+    tokenizer = SimpleNamespace(
+        all_special_ids=[0, 1], added_tokens_decoder={7: SimpleNamespace(special=True)}
+    )
+    student = SimpleNamespace(loaded=SimpleNamespace(end_of_turn_id=7), tokenizer=tokenizer)
+    ids = [[5, 7, 0], [5, 7, 7, 7, 5, 6], [5, 6, 6], [5, 7, 1, 0]]
+    rollouts = SimpleNamespace(completion_ids=ids, finished=[True, False, False, True])
+    got = after_turn_text(student, rollouts)
+    assert got["after_turn_text_share"] == 0.25  # only the second writes text after its turn
+    assert got["after_turn_text_tokens_mean"] == 2 / 4
+    assert got["end_of_turn_repeats_mean"] == 2 / 4  # the second writes it twice more
+    assert got["ends_at_budget_share"] == 0.5 and got["end_of_turn_share"] == 0.75
+
+
+def test_the_micro_world_sampled_to_its_eos_and_its_teacher_past_the_turn():
+    student, prompts, rollouts = sample_to_eos("micro", samples=4, max_new_tokens=48)
+    got = after_turn_text(student, rollouts)
     shares = ("after_turn_text_share", "ends_at_budget_share", "end_of_turn_share")
     assert all(0 <= got[key] <= 1 for key in shares)
-    assert got["after_turn_text_tokens_mean"] >= 0
+    assert len(rollouts.completion_ids) == len(prompts) == 4
+    teacher = teacher_after_turn("micro", student, prompts, rollouts)
+    ended = any(student.loaded.end_of_turn_id in ids for ids in rollouts.completion_ids)
+    assert bool(teacher) == ended  # nothing to read where no rollout ends its turn
+    assert all(0 <= value <= 1 for value in teacher.values())
