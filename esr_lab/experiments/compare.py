@@ -501,7 +501,7 @@ EXPERIMENT = Experiment(
     folder="compare",
     help=(
         "Beyond the paper: ESR, full OPD, IW-OPD, POPD, TIP, EOPD and PowerOPD at the same "
-        "trained tokens and the same seconds per step, over seeds."
+        "trained tokens and the same seconds per step (or each in its own form), over seeds."
     ),
     options=Options,
     groups=SEEDED_TRAINING_GROUPS,
