@@ -94,15 +94,29 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 def sampling_logprobs(
-    logits_BV: torch.Tensor, temperature: float, top_p: float, top_k: int = 0
+    logits_BV: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    top_k: int = 0,
+    sampled_B: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-probs of the distribution actually sampled from: temperature, then top-k, then the
-    nucleus of what top-k kept (HF generate's order of warpers; top_k 0 is off)."""
+    nucleus of what top-k kept (HF generate's order of warpers; top_k 0 is off).
+
+    `sampled_B` (ids, the logits' shape without the vocabulary) stay in the support whatever
+    this recomputation says: they were drawn from the sampler's support, but a training forward
+    pass (LoRA dropout on, other kernels) can rank one just outside top-k or the nucleus, and
+    the log-prob of a token that was sampled must stay finite (a policy-gradient loss is -inf
+    times its cost there; PowerOPD diverged so at step 54 of a run-on world run)."""
     logp_BV = torch.log_softmax(logits_BV.float() / max(temperature, 1e-6), dim=-1)
+    keep_BV = torch.zeros_like(logp_BV, dtype=torch.bool)
+    if sampled_B is not None:
+        keep_BV.scatter_(-1, sampled_B[..., None], True)
     if 0 < top_k < logp_BV.shape[-1]:
         # As HF's TopKLogitsWarper: ids tied with the k-th most likely one are kept too.
         kth_B1 = logp_BV.topk(top_k, dim=-1).values[..., -1:]
-        logp_BV = torch.log_softmax(logp_BV.masked_fill(logp_BV < kth_B1, float("-inf")), -1)
+        drop_BV = (logp_BV < kth_B1) & ~keep_BV
+        logp_BV = torch.log_softmax(logp_BV.masked_fill(drop_BV, float("-inf")), -1)
     if top_p >= 1.0:
         return logp_BV
     sorted_BV, order_BV = logp_BV.sort(dim=-1, descending=True)
@@ -110,7 +124,7 @@ def sampling_logprobs(
     # Drop a token once the tokens ranked above it already hold top_p of the mass.
     drop_BV = torch.zeros_like(mass_before_BV, dtype=torch.bool)
     drop_BV.scatter_(-1, order_BV, mass_before_BV >= top_p)
-    return torch.log_softmax(logp_BV.masked_fill(drop_BV, float("-inf")), dim=-1)
+    return torch.log_softmax(logp_BV.masked_fill(drop_BV & ~keep_BV, float("-inf")), dim=-1)
 
 
 MASK32 = 0xFFFFFFFF

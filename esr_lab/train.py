@@ -386,7 +386,9 @@ def sampled_token_logps(trainer, s_logits, t_logits, tokens_BT) -> dict[str, tor
     under the distribution it sampled from (temperature, then nucleus), the teacher's at the
     same temperature, so the estimate targets KL(student_T || teacher_T)."""
     sampling = trainer.cfg.sampling
-    student_BTV = sampling_logprobs(s_logits, sampling.temperature, sampling.top_p, sampling.top_k)
+    student_BTV = sampling_logprobs(
+        s_logits, sampling.temperature, sampling.top_p, sampling.top_k, sampled_B=tokens_BT
+    )
     return {
         "student_logp_BT": student_BTV.gather(-1, tokens_BT[..., None]).squeeze(-1),
         "teacher_logp_BT": token_logprobs(t_logits.float() / sampling.temperature, tokens_BT),

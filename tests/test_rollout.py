@@ -91,6 +91,22 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert torch.allclose(sampling_logprobs(logits, 1.0, top_p=1.0).exp(), logits.exp())
 
 
+def test_a_sampled_id_stays_in_the_support_it_was_drawn_from():
+    # recomputed in training, the nucleus (0.75) and top-2 leave out id 2, which was sampled:
+    # its log-prob stays finite, with the kept ids renormalised around it
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
+    sampled = torch.tensor([2, 0])
+    kept = sampling_logprobs(logits, 1.0, top_p=0.75, sampled_B=sampled).exp()
+    assert torch.allclose(kept[0], torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
+    assert torch.allclose(kept[1], torch.tensor([0.625, 0.375, 0.0, 0.0]))  # inside: as before
+    top2 = sampling_logprobs(logits, 1.0, 1.0, top_k=2, sampled_B=sampled).exp()
+    assert torch.allclose(top2[0], torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
+    assert torch.allclose(top2[1], torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    assert torch.isfinite(
+        sampling_logprobs(logits, 1.0, 0.75, 2, sampled).gather(-1, sampled[:, None])
+    ).all()
+
+
 def test_row_seed_is_stable():
     assert row_seed(0, "student", "p1", 0) == row_seed(0, "student", "p1", 0)
     assert row_seed(0, "student", "p1", 0) != row_seed(0, "student", "p1", 1)
