@@ -463,7 +463,7 @@ def _with_interval(mean: float, low: float, high: float) -> str:
     return f"{mean * 100:.2f}{interval}"
 
 
-BUDGET_LABELS = {"tokens": "tokens", "time": "time", "own": "none: own form"}
+BUDGET_LABELS = {"tokens": "tokens", "time": "time", "own": "own"}
 
 NOISE_TOLERANCE = 0.10  # how much faster than ESR a timing at ESR's horizon may come out
 
