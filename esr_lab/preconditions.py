@@ -211,6 +211,12 @@ def measure(world: str, results: Path, window: int = 20) -> dict[str, float]:
 def measure_real(results: Path) -> dict[str, float | str]:
     """All three for a real pair, from its committed runs: (a) from the student's `eval` run on
     the world's task, (b) and (c) from its `positions` and `decay` runs."""
+    missing = SystemExit(
+        f"{results} lacks the student's eval run or the positions and decay runs; "
+        "run them first (README, 'The real-CPU world')"
+    )
+    if not _has_reproduction(results):
+        raise missing
     positions = json.loads(next(results.glob("positions/*/config.json")).read_text())
     student = positions["pair"]["student"]
     evals = [
@@ -218,11 +224,8 @@ def measure_real(results: Path) -> dict[str, float | str]:
         for path in sorted(results.glob("eval/*/config.json"))
         if json.loads(path.read_text())["model"] == student
     ]
-    if not evals or not _has_reproduction(results):
-        raise SystemExit(
-            f"{results} lacks the student's eval run or the positions and decay runs; "
-            "run them first (README, 'The real-CPU world')"
-        )
+    if not evals:
+        raise missing
     record: dict[str, float | str] = {"student": student, "after_turn_from": evals[0].name}
     record |= after_answer_text(read_table(evals[0] / "samples.parquet"))
     return record | late_signal(results)
@@ -249,9 +252,10 @@ def main(argv: list[str]) -> None:
     # Key order is kept as the build wrote it, so only this record changes. A cached world's
     # facts are committed as results/WORLD/facts.json (runon's); that copy takes it too.
     text = (json.dumps(facts, indent=2) + "\n").encode()
+    atomic_write_bytes(facts_path, text)
     committed = results / "facts.json"
-    for path in {facts_path, committed} if committed.exists() else {facts_path}:
-        atomic_write_bytes(path, text)
+    if committed.exists() and committed != facts_path:
+        atomic_write_bytes(committed, text)
     for key, value in record.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
 

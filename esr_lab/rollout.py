@@ -109,13 +109,19 @@ def sampling_logprobs(
     the log-prob of a token that was sampled must stay finite (a policy-gradient loss is -inf
     times its cost there; PowerOPD diverged so at step 54 of a run-on world run)."""
     logp_BV = torch.log_softmax(logits_BV.float() / max(temperature, 1e-6), dim=-1)
-    keep_BV = torch.zeros_like(logp_BV, dtype=torch.bool)
-    if sampled_B is not None:
-        keep_BV.scatter_(-1, sampled_B[..., None], True)
-    if 0 < top_k < logp_BV.shape[-1]:
+    top_k_on = 0 < top_k < logp_BV.shape[-1]
+    if not top_k_on and top_p >= 1.0:
+        return logp_BV
+
+    def dropped(drop_BV: torch.Tensor) -> torch.Tensor:
+        if sampled_B is not None:  # the sampled ids are never dropped
+            drop_BV = drop_BV.scatter(-1, sampled_B[..., None], False)
+        return drop_BV
+
+    if top_k_on:
         # As HF's TopKLogitsWarper: ids tied with the k-th most likely one are kept too.
         kth_B1 = logp_BV.topk(top_k, dim=-1).values[..., -1:]
-        drop_BV = (logp_BV < kth_B1) & ~keep_BV
+        drop_BV = dropped(logp_BV < kth_B1)
         logp_BV = torch.log_softmax(logp_BV.masked_fill(drop_BV, float("-inf")), -1)
     if top_p >= 1.0:
         return logp_BV
@@ -124,7 +130,7 @@ def sampling_logprobs(
     # Drop a token once the tokens ranked above it already hold top_p of the mass.
     drop_BV = torch.zeros_like(mass_before_BV, dtype=torch.bool)
     drop_BV.scatter_(-1, order_BV, mass_before_BV >= top_p)
-    return torch.log_softmax(logp_BV.masked_fill(drop_BV & ~keep_BV, float("-inf")), dim=-1)
+    return torch.log_softmax(logp_BV.masked_fill(dropped(drop_BV), float("-inf")), dim=-1)
 
 
 MASK32 = 0xFFFFFFFF

@@ -108,6 +108,8 @@ def test_measure_real_without_the_runs_says_what_to_run(tmp_path):
     _write(tmp_path, "positions/r/bins.parquet", _bins(1.0), _sampled(True, pair={"student": "s"}))
     with pytest.raises(SystemExit, match="lacks the student's eval run"):
         measure_real(tmp_path)
+    with pytest.raises(SystemExit, match="lacks the student's eval run"):
+        measure_real(tmp_path / "nothing-run-yet")  # no positions run: still the one line
 
 
 def test_after_turn_text_counts_what_follows_the_end_of_turn():

@@ -445,7 +445,7 @@ def terminal_table(methods: pd.DataFrame, aggregate: pd.DataFrame) -> pd.DataFra
     rows = []
     for (method, budget), part in methods.groupby(["method", "budget"], sort=False):
         unmatched = "" if part.matched.all() or budget == "own" else " (ref)"
-        row = {"method": method, "same": BUDGET_LABELS[budget] + unmatched}
+        row = {"method": method, "same": budget + unmatched}
         for metric, title in (("best_avg_at_k", "best"), ("final_avg_at_k", "final")):
             cell = own.loc[(f"{method}/{budget}", metric)]
             row[f"{title} % (CI)"] = _with_interval(cell["mean"], cell.ci_low, cell.ci_high)
@@ -462,8 +462,6 @@ def _with_interval(mean: float, low: float, high: float) -> str:
     interval = "" if math.isnan(low) else f" ({low * 100:.2f}..{high * 100:.2f})"
     return f"{mean * 100:.2f}{interval}"
 
-
-BUDGET_LABELS = {"tokens": "tokens", "time": "time", "own": "own"}
 
 NOISE_TOLERANCE = 0.10  # how much faster than ESR a timing at ESR's horizon may come out
 
